@@ -1,0 +1,104 @@
+"""The ``hybrid-keras`` command.
+
+    hybrid-keras models [--task T] [--markdown]   the registered models, as a table
+    hybrid-keras card NAME                         one model card
+    hybrid-keras export NAME OUT_DIR [--weights W] [--classes N] [--input-shape H,W,C]
+    hybrid-keras demo [--out DIR] [--quick]        the end-to-end demo on shipped MNIST images
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _parse_shape(text: str | None):
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--input-shape must be H,W,C integers, got {text!r}") from None
+    if len(shape) != 3:
+        raise SystemExit(f"--input-shape must be H,W,C, got {text!r}")
+    return shape
+
+
+def models_table(task: str | None = None, markdown: bool = False) -> str:
+    """The registry as a table (plain text, or Markdown for the README)."""
+    import zoo
+
+    rows = []
+    for name in zoo.list_models(task):
+        card = zoo.model_card(name)
+        params = f"{card.parameters / 1e6:.2f}M" if card.parameters else "n/a"
+        size = "x".join(str(s) for s in card.input_shape)
+        tags = ", ".join(spec.tag for spec in card.weights) or "none published"
+        best = max((s.top1 for s in card.weights if s.top1 is not None), default=None)
+        top1 = f"{best:.1f}" if best is not None else "n/a"
+        rows.append((name, card.task, params, size, card.preprocessing, top1, tags))
+    header = ("model", "task", "params", "input", "preprocessing", "best top-1 %", "weight tags")
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(f"`{r[0]}`" if i == 0 else r[i] for i in range(len(r))) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header) - 1)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  " + header[-1]]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = argparse.ArgumentParser(prog="hybrid-keras", description="Classic vision models with hybrid solvers, exported for TF Serving.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    models = commands.add_parser("models", help="list the registered models")
+    models.add_argument("--task", default=None, help="only models of this task (e.g. classification)")
+    models.add_argument("--markdown", action="store_true", help="print a Markdown table (the README's)")
+
+    card = commands.add_parser("card", help="print one model card")
+    card.add_argument("name")
+
+    export = commands.add_parser("export", help="export a zoo model as a TF Serving SavedModel")
+    export.add_argument("name", help="a registered model name (see `hybrid-keras models`)")
+    export.add_argument("out_dir", help="the version directory to write, e.g. saved_models/vgg16/1")
+    export.add_argument("--weights", default=None, help="a weight tag, a local weights file, or omitted for random weights")
+    export.add_argument("--classes", type=int, default=None, help="number of classes of the top (default: the weights')")
+    export.add_argument("--input-shape", default=None, help="H,W,C (default: the model's)")
+    export.add_argument("--no-verify", action="store_true", help="skip reloading the export in a fresh process")
+
+    demo = commands.add_parser("demo", help="fine-tune, add hybrid heads, export and verify, on shipped MNIST images")
+    demo.add_argument("--out", default="saved_models/demo", help="where the SavedModel versions go (default saved_models/demo)")
+    demo.add_argument("--quick", action="store_true", help="fewer images and epochs (for a smoke test)")
+
+    args = parser.parse_args(argv)
+    if args.command == "models":
+        print(models_table(args.task, args.markdown))
+    elif args.command == "card":
+        import zoo
+
+        print(zoo.model_card(args.name))
+    elif args.command == "export":
+        import zoo
+        from hybrid_keras.export import export_saved_model, serving_command
+
+        kwargs = {}
+        if args.classes is not None:
+            kwargs["classes"] = args.classes
+        if args.input_shape is not None:
+            kwargs["input_shape"] = _parse_shape(args.input_shape)
+        model = zoo.load(args.name, weights=args.weights, **kwargs)
+        path = export_saved_model(model, args.out_dir, verify=not args.no_verify)
+        print(f"exported {args.name} to {path}" + ("" if args.no_verify else " (verified in a fresh TensorFlow process)"))
+        print("serve it with:\n  " + serving_command(path))
+    elif args.command == "demo":
+        from hybrid_keras.demo import run_demo
+
+        run_demo(out_dir=args.out, quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""SavedModel export for TensorFlow Serving, and its self-check in a fresh process.
+
+``export_saved_model(model, "saved_models/pets/1")`` writes the version directory TF
+Serving expects (``<model_base_path>/<version>``) with three signatures, each with
+the model's preprocessing inside the graph so clients send plain pixels:
+
+======================  ===================================  ==========================
+signature               input                                 meaning
+======================  ===================================  ==========================
+``serving_default``     ``images``: float32 [batch, H, W, C]   RGB (or gray) in [0, 255]
+``serve_uint8``         ``images``: uint8 [batch, H, W, C]     the same, as bytes per pixel
+``serve_image_bytes``   ``image_bytes``: string [batch]        encoded JPEG/PNG/GIF/BMP,
+                                                               resized to H x W
+======================  ===================================  ==========================
+
+Outputs are a dict keyed by the model's output names (``model.output_names``).
+
+After writing, the export checks itself: a fresh Python process that imports only
+TensorFlow (plus ``tf.load_op_library`` when the graph uses this project's FANNG
+ops) loads the SavedModel, runs every signature and must reproduce the Keras
+outputs to 1e-5 (relative to the output's magnitude when that exceeds 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from hybrid_keras.preprocessing import check_mode, preprocess
+
+log = logging.getLogger("hybrid_keras")
+
+# The namespace of this project's custom ops; saving a graph that uses them needs it whitelisted.
+OP_NAMESPACE = "HybridKeras"
+TOLERANCE = 1e-5
+
+
+class ExportVerificationError(AssertionError):
+    """The exported SavedModel, loaded in a fresh process, does not reproduce the Keras model."""
+
+
+def _model_image_shape(model, image_size):
+    shape = model.input_shape
+    if isinstance(shape, list):
+        raise ValueError(f"export_saved_model needs a single-input image model; {model.name!r} has {len(shape)} inputs")
+    if len(shape) != 4:
+        raise ValueError(f"export_saved_model needs images [batch, height, width, channels]; {model.name!r} takes {shape}")
+    height, width, channels = shape[1:]
+    if channels is None:
+        raise ValueError(f"{model.name!r} has an unknown channel count in its input {shape}")
+    if image_size is not None:
+        if len(image_size) != 2 or any(int(s) < 1 for s in image_size):
+            raise ValueError(f"image_size must be (height, width), got {image_size!r}")
+        if (height, width) != (None, None) and tuple(image_size) != (height, width):
+            raise ValueError(f"image_size={tuple(image_size)} differs from the model's input size {(height, width)}")
+        height, width = (int(s) for s in image_size)
+    if height is None or width is None:
+        raise ValueError(
+            f"{model.name!r} accepts any image size; pass image_size=(height, width) so the "
+            "encoded-image signature knows what to resize to"
+        )
+    return int(height), int(width), int(channels)
+
+
+def _output_dict(model, outputs):
+    names = list(model.output_names)
+    if not isinstance(outputs, (list, tuple)):
+        outputs = [outputs]
+    return dict(zip(names, outputs))
+
+
+def export_saved_model(
+    model,
+    path: str | os.PathLike,
+    *,
+    preprocessing: str | None = None,
+    image_size: tuple[int, int] | None = None,
+    verify: bool = True,
+    verbose: bool = False,
+) -> Path:
+    """Write ``model`` as a TF Serving SavedModel at ``path`` and (by default) verify it.
+
+    Args:
+        model: a Keras 3 model taking one image batch [B, H, W, C].
+        path: the version directory, e.g. ``saved_models/pets/1``. It must not exist
+            or be empty (TF Serving versions are immutable).
+        preprocessing: ``"caffe"``, ``"torch"``, ``"tf"`` or ``"none"``; by default the
+            ``preprocessing`` attribute that ``zoo.load`` sets on its models, else
+            ``"none"``.
+        image_size: (height, width) for models that accept any size.
+        verify: reload in a fresh TensorFlow-only process and compare outputs.
+
+    Returns the path written.
+    """
+    import keras
+    import tensorflow as tf
+
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} exists and is not empty; TF Serving versions are immutable, use a new version directory")
+    mode = check_mode(preprocessing or getattr(model, "preprocessing", None) or "none")
+    if preprocessing is None and getattr(model, "preprocessing", None) is None:
+        log.info("%s: no preprocessing recorded on the model; exporting with 'none'", model.name)
+    height, width, channels = _model_image_shape(model, image_size)
+    shape = (None, height, width, channels)
+
+    def serve_float(images):
+        return _output_dict(model, model(preprocess(images, mode), training=False))
+
+    def serve_uint8(images):
+        return serve_float(tf.cast(images, tf.float32))
+
+    def decode(encoded):
+        image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+        image = tf.image.resize(tf.cast(image, tf.float32), (height, width), method="bilinear")
+        return tf.ensure_shape(image, (height, width, channels))
+
+    def serve_image_bytes(image_bytes):
+        images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32))
+        return serve_float(images)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve_float, [tf.TensorSpec(shape, tf.float32, name="images")])
+    archive.add_endpoint("serve_uint8", serve_uint8, [tf.TensorSpec(shape, tf.uint8, name="images")])
+    archive.add_endpoint("serve_image_bytes", serve_image_bytes, [tf.TensorSpec((None,), tf.string, name="image_bytes")])
+    # Written beside the target and renamed once verified, so TF Serving (which polls the
+    # base directory) never sees a half-written or unverified version.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        archive.write_out(str(staging), options=tf.saved_model.SaveOptions(namespace_whitelist=[OP_NAMESPACE]), verbose=verbose)
+        (staging / "assets.extra").mkdir(exist_ok=True)
+        (staging / "assets.extra" / "hybrid_keras.json").write_text(
+            json.dumps({"model": model.name, "preprocessing": mode, "image_shape": [height, width, channels],
+                        "outputs": list(model.output_names)}, indent=2)
+        )
+        if verify:
+            verify_saved_model(model, staging, preprocessing=mode, image_size=(height, width))
+        if path.exists():
+            path.rmdir()  # empty, checked above
+        os.replace(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return path
+
+
+def uses_custom_ops(path: str | os.PathLike) -> bool:
+    """Whether the SavedModel's graph refers to this project's custom (FANNG) ops."""
+    return f"{OP_NAMESPACE}>".encode() in (Path(path) / "saved_model.pb").read_bytes()
+
+
+# Runs in a fresh interpreter: only TensorFlow (and the op library, if the graph needs it).
+_CHECK_SCRIPT = textwrap.dedent(
+    """
+    import sys, numpy as np, tensorflow as tf
+    saved_model, inputs_file, outputs_file, op_library = sys.argv[1:5]
+    if op_library:
+        tf.load_op_library(op_library)
+    loaded = tf.saved_model.load(saved_model)
+    data = np.load(inputs_file)
+    results = {}
+    for signature, arg, value in [("serving_default", "images", data["float_images"]),
+                                  ("serve_uint8", "images", data["uint8_images"]),
+                                  ("serve_image_bytes", "image_bytes", data["encoded"])]:
+        outputs = loaded.signatures[signature](**{arg: tf.constant(value)})
+        for name, tensor in outputs.items():
+            results[signature + "/" + name] = tensor.numpy()
+    np.savez(outputs_file, **results)
+    """
+)
+
+
+def _max_relative_diff(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.max(np.abs(actual - expected) / np.maximum(1.0, np.abs(expected)))) if expected.size else 0.0
+
+
+def verify_saved_model(model, path, *, preprocessing: str | None = None, image_size=None, batch: int = 2, seed: int = 0) -> dict:
+    """Load ``path`` in a fresh TensorFlow-only process and compare all signatures with ``model``.
+
+    Returns ``{signature/output: max relative difference}``; raises
+    ExportVerificationError when any exceeds 1e-5.
+    """
+    import tensorflow as tf
+
+    mode = check_mode(preprocessing or getattr(model, "preprocessing", None) or "none")
+    height, width, channels = _model_image_shape(model, image_size)
+    rng = np.random.default_rng(seed)
+    uint8_images = rng.integers(0, 256, size=(batch, height, width, channels), dtype=np.uint8)
+    # PNG is lossless, so the decoded bytes equal uint8_images exactly; resizing to the
+    # same size is the identity. (A PNG ends with the IEND CRC, never a NUL byte, so the
+    # fixed-width bytes array NumPy stores gives each file back unchanged.)
+    encoded = np.array([tf.io.encode_png(image).numpy() for image in uint8_images], dtype=bytes)
+    expected = _output_dict(model, model(preprocess(uint8_images, mode), training=False))
+    expected = {name: np.asarray(value) for name, value in expected.items()}
+
+    op_library = ""
+    if uses_custom_ops(path):
+        from hybrid_keras.fanng.ops import library_path
+
+        op_library = str(library_path())
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs_file, outputs_file = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
+        np.savez(inputs_file, float_images=uint8_images.astype(np.float32), uint8_images=uint8_images, encoded=encoded)
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+        result = subprocess.run(
+            [sys.executable, "-c", _CHECK_SCRIPT, str(path), str(inputs_file), str(outputs_file), op_library],
+            capture_output=True, text=True, env=env,
+        )
+        if result.returncode != 0:
+            raise ExportVerificationError(f"loading {path} in a fresh TensorFlow process failed:\n{result.stderr[-4000:]}")
+        with np.load(outputs_file, allow_pickle=False) as served:
+            diffs = {}
+            for key in served.files:
+                signature, name = key.split("/", 1)
+                diffs[key] = _max_relative_diff(served[key], expected[name])
+    missing = {f"{s}/{n}" for s in ("serving_default", "serve_uint8", "serve_image_bytes") for n in expected} - set(diffs)
+    if missing:
+        raise ExportVerificationError(f"the SavedModel at {path} lacks outputs {sorted(missing)}")
+    worst = max(diffs, key=diffs.get)
+    if diffs[worst] > TOLERANCE:
+        raise ExportVerificationError(f"{path}: {worst} differs from the Keras model by {diffs[worst]:.3g} (> {TOLERANCE})")
+    log.info("%s verified in a fresh process: max difference %.2g", path, diffs[worst])
+    return diffs
+
+
+def serving_command(path: str | os.PathLike, *, gpu: bool = True, port: int = 8501) -> str:
+    """The stock ``tensorflow/serving`` command that serves the model whose version directory is ``path``."""
+    version_dir = Path(path).resolve()
+    base, name = version_dir.parent, version_dir.parent.name
+    image = "tensorflow/serving:2.19.0-gpu" if gpu else "tensorflow/serving:2.19.0"
+    gpus = "--gpus all " if gpu else ""
+    return (
+        f"docker run --rm {gpus}-p {port}:8501 "
+        f"--mount type=bind,source={base},target=/models/{name} -e MODEL_NAME={name} {image}"
+    )
