@@ -1,6 +1,7 @@
 """The ``hybrid-keras`` command.
 
     hybrid-keras models [--task T] [--markdown]   the registered models, as a table
+    hybrid-keras models --write-readme README.md  regenerate the README's model table
     hybrid-keras card NAME                         one model card
     hybrid-keras export NAME OUT_DIR [--weights W] [--classes N] [--input-shape H,W,C]
     hybrid-keras demo [--out DIR] [--quick]        the end-to-end demo on shipped MNIST images
@@ -49,6 +50,22 @@ def models_table(task: str | None = None, markdown: bool = False) -> str:
     return "\n".join(lines)
 
 
+README_START, README_END = "<!-- models:start -->", "<!-- models:end -->"
+
+
+def write_readme_table(readme: str) -> None:
+    """Replace the README's model table (between its markers) with the registry's."""
+    from pathlib import Path
+
+    path = Path(readme)
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme} has no {README_START} ... {README_END} block")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(f"{head}{README_START}\n{models_table(markdown=True)}\n{README_END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(prog="hybrid-keras", description="Classic vision models with hybrid solvers, exported for TF Serving.")
@@ -57,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     models = commands.add_parser("models", help="list the registered models")
     models.add_argument("--task", default=None, help="only models of this task (e.g. classification)")
     models.add_argument("--markdown", action="store_true", help="print a Markdown table (the README's)")
+    models.add_argument("--write-readme", metavar="README", help="rewrite the table in this README file")
 
     card = commands.add_parser("card", help="print one model card")
     card.add_argument("name")
@@ -74,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--quick", action="store_true", help="fewer images and epochs (for a smoke test)")
 
     args = parser.parse_args(argv)
-    if args.command == "models":
+    if args.command == "models" and args.write_readme:
+        write_readme_table(args.write_readme)
+    elif args.command == "models":
         print(models_table(args.task, args.markdown))
     elif args.command == "card":
         import zoo
