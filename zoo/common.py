@@ -10,12 +10,12 @@ from typing import Callable, Mapping
 
 import keras
 
-from zoo.weights import WeightSpec, WeightsError, detect_format, fetch
+from zoo.weights import WeightSpec, WeightsError, assign, detect_format, fetch
 
 log = logging.getLogger("zoo")
 
-# A converter puts one file's arrays on the model: (model, path, load_top) -> None.
-Converter = Callable[[keras.Model, Path, bool], None]
+# A converter reads one file: (model, path) -> {layer name: [arrays in the layer's weight order]}.
+Converter = Callable[[keras.Model, Path], Mapping[str, list]]
 
 
 def check_arguments(name: str, *, weights, include_top: bool, classes: int, pooling, classifier_activation) -> None:
@@ -77,13 +77,15 @@ def load_weights(
     weights,
     *,
     include_top: bool,
-    classes: int,
     converters: Mapping[str, Converter],
+    top_layers: tuple[str, ...] = ("predictions",),
 ) -> keras.Model:
     """Load ``weights`` into ``model`` with the converter for the file's format.
 
-    When ``classes`` differs from the weights' classes (fine-tuning on a new label
-    set), the backbone loads and the top stays freshly initialised.
+    A converter reads the file and returns ``{layer name: arrays}`` for the layers of
+    ``model`` it can map. When the file's classifier (``top_layers``) does not fit the
+    model's, as when fine-tuning on a new label set, the backbone loads, the top stays
+    freshly initialised, and a log line says so.
     """
     path, spec = resolve_weights(card, weights)
     # Export reads this to put the right preprocessing inside the served graph.
@@ -96,14 +98,18 @@ def load_weights(
         raise WeightsError(f"{path} is a {fmt} file but weight tag {spec.tag!r} is {spec.format}")
     if fmt not in converters:
         raise WeightsError(f"{card.name} cannot read {fmt} files (it reads {sorted(converters)})")
-    file_classes = spec.classes if spec is not None else None
-    load_top = include_top and (file_classes is None or file_classes == classes)
-    if include_top and spec is not None and not spec.includes_top:
-        load_top = False
-    if include_top and not load_top:
-        log.warning(
-            "%s: loaded the pretrained backbone from %s; the %d-class top is newly initialised (the weights have %s classes)",
-            card.name, path.name, classes, file_classes,
-        )
-    converters[fmt](model, path, load_top)
+    arrays = dict(converters[fmt](model, path))
+    model_layers = {layer.name: layer for layer in model.layers}
+
+    def fits(name):
+        return name in arrays and [tuple(w.shape) for w in model_layers[name].weights] == [tuple(a.shape) for a in arrays[name]]
+
+    # Top layers the file cannot fill (other classes, or a headless file) stay freshly initialised.
+    skip = {name for name in top_layers if name in model_layers and not fits(name)}
+    if skip:
+        log.warning("%s: loaded the pretrained backbone from %s; %s newly initialised (the file's classifier does "
+                    "not fit the model's: other classes, or no top in the file)", card.name, path.name, ", ".join(sorted(skip)))
+    # A file with a classifier loads into a headless model: its top is simply not used.
+    arrays = {name: value for name, value in arrays.items() if not (name in top_layers and (name in skip or name not in model_layers))}
+    assign(model, arrays, skip=skip, source=path.name)
     return model

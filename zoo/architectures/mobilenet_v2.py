@@ -19,7 +19,7 @@ from keras import layers
 from hybrid_keras.preprocessing import preprocess_numpy
 from zoo import common
 from zoo.registry import get_card, register_model
-from zoo.weights import WeightSpec, WeightsError, assign, detect_format, load_state_dict, read_keras_h5, take
+from zoo.weights import WeightSpec, WeightsError, detect_format, load_state_dict, read_keras_h5, take
 from zoo.weights import torch_batchnorm, torch_conv, torch_dense, torch_depthwise
 
 REFERENCE = "Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, CVPR 2018"
@@ -188,15 +188,12 @@ def mobilenet_v2(include_top=True, weights=None, input_tensor=None, input_shape=
 
     inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
     model = keras.Model(inputs, x, name=name or f"mobilenetv2_{alpha:.2f}_{img_input.shape[1] or 'any'}")
-    return common.load_weights(model, card, weights, include_top=include_top, classes=classes,
+    return common.load_weights(model, card, weights, include_top=include_top,
                                converters={"keras-h5": _load_keras_h5, "torch-pth": _load_torch_pth})
 
 
-def _load_keras_h5(model, path, load_top: bool) -> None:
-    arrays = read_keras_h5(path)
-    has_top = any(l.name == "predictions" for l in model.layers)
-    unused = {"predictions"} if not (has_top and load_top) else set()
-    assign(model, {k: v for k, v in arrays.items() if k not in unused}, skip=unused, source=path.name)
+def _load_keras_h5(model, path):
+    return read_keras_h5(path)
 
 
 def _block_prefixes(model) -> list[str]:
@@ -204,7 +201,7 @@ def _block_prefixes(model) -> list[str]:
     return ["expanded_conv_"] + [f"block_{i}_" for i in range(1, 17) if any(l.name == f"block_{i}_project" for l in model.layers)]
 
 
-def _load_torch_pth(model, path, load_top: bool) -> None:
+def _load_torch_pth(model, path):
     state = load_state_dict(path)
     src = path.name
     per_layer = {
@@ -227,13 +224,8 @@ def _load_torch_pth(model, path, load_top: bool) -> None:
         per_layer["Conv_1_bn"] = torch_batchnorm(state, "features.18.1")
     except KeyError:
         raise WeightsError(f"{src} is not a torchvision MobileNetV2 checkpoint") from None
-    has_top = any(l.name == "predictions" for l in model.layers)
-    skip = set()
-    if has_top and load_top:
-        per_layer["predictions"] = torch_dense(take(state, "classifier.1.weight", src), take(state, "classifier.1.bias", src))
-    elif has_top:
-        skip.add("predictions")
-    assign(model, per_layer, skip=skip, source=src)
+    per_layer["predictions"] = torch_dense(take(state, "classifier.1.weight", src), take(state, "classifier.1.bias", src))
+    return per_layer
 
 
 def preprocess_input(x, mode: str = "tf"):

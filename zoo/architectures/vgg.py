@@ -19,7 +19,6 @@ from zoo.registry import get_card, register_model
 from zoo.weights import (
     WeightSpec,
     WeightsError,
-    assign,
     load_state_dict,
     read_keras_h5,
     take,
@@ -124,7 +123,7 @@ def _vgg(name: str, *, batch_norm: bool, include_top, weights, input_tensor, inp
 
     inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
     model = keras.Model(inputs, x, name=model_name or name)
-    return common.load_weights(model, card, weights, include_top=include_top, classes=classes,
+    return common.load_weights(model, card, weights, include_top=include_top, top_layers=TOP_LAYERS,
                                converters={"keras-h5": _load_keras_h5, "torch-pth": _load_torch_pth})
 
 
@@ -132,16 +131,13 @@ def _conv_layers(model) -> list[str]:
     return [l.name for l in model.layers if isinstance(l, layers.Conv2D)]
 
 
-def _load_keras_h5(model, path, load_top: bool) -> None:
-    arrays = read_keras_h5(path)
-    has_top = any(l.name == "predictions" for l in model.layers)
-    unused = set(TOP_LAYERS) if not has_top else ({"predictions"} if not load_top else set())
+def _load_keras_h5(model, path):
     if any(l.name.endswith("_bn") for l in model.layers):
         raise WeightsError(f"{path.name} is a keras.applications file (no batch norm); {model.name!r} has batch norm")
-    assign(model, {k: v for k, v in arrays.items() if k not in unused}, skip=unused, source=path.name)
+    return read_keras_h5(path)
 
 
-def _load_torch_pth(model, path, load_top: bool) -> None:
+def _load_torch_pth(model, path):
     state = load_state_dict(path)
     batch_norm = any(l.name.endswith("_bn") for l in model.layers)
     per_layer = {}
@@ -158,17 +154,12 @@ def _load_torch_pth(model, path, load_top: bool) -> None:
             index += 1  # max pool
     if f"features.{index}.weight" in state:
         raise WeightsError(f"{path.name} has more convolutions than {model.name!r}: a checkpoint of a deeper VGG?")
-    has_top = any(l.name == "predictions" for l in model.layers)
-    skip = set()
-    if has_top:
-        channels, height, width = 512, 7, 7
-        per_layer["fc1"] = torch_dense(take(state, "classifier.0.weight"), take(state, "classifier.0.bias"), chw=(channels, height, width))
+    if any(l.name == "predictions" for l in model.layers):
+        # torchvision flattens the 512x7x7 map in NCHW order; Keras flattens NHWC.
+        per_layer["fc1"] = torch_dense(take(state, "classifier.0.weight"), take(state, "classifier.0.bias"), chw=(512, 7, 7))
         per_layer["fc2"] = torch_dense(take(state, "classifier.3.weight"), take(state, "classifier.3.bias"))
-        if load_top:
-            per_layer["predictions"] = torch_dense(take(state, "classifier.6.weight"), take(state, "classifier.6.bias"))
-        else:
-            skip.add("predictions")
-    assign(model, per_layer, skip=skip, source=path.name)
+        per_layer["predictions"] = torch_dense(take(state, "classifier.6.weight"), take(state, "classifier.6.bias"))
+    return per_layer
 
 
 def _convs_in_block(model, conv_name: str) -> int:
