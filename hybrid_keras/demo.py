@@ -70,6 +70,11 @@ def run_demo(out_dir: str = "saved_models/demo", quick: bool = False, seed: int 
     _step("Model: zoo.load('mobilenet_v2', alpha=0.35) with a new 9-class top, trained with model.fit")
     model = zoo.load("mobilenet_v2", weights=None, alpha=0.35, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), classes=KNOWN_CLASSES)
     mode = model.preprocessing
+    # keras.applications' BN momentum (0.999) suits long ImageNet runs; in a few hundred
+    # steps from scratch the moving statistics would still be far from the data's.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
     x_fit = preprocess_numpy(train_x[known_train], mode)
     x_test = preprocess_numpy(test_x[known_test], mode)
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
