@@ -29,13 +29,16 @@ def check_arguments(name: str, *, weights, include_top: bool, classes: int, pool
         raise TypeError(f"weights must be None, a weight tag of {name!r} or a file path, got {type(weights).__name__}")
 
 
-def model_input(input_tensor, input_shape, *, default_shape: tuple[int, int, int], fixed_size: bool, min_size: int, name: str):
+def model_input(input_tensor, input_shape, *, default_shape: tuple[int, int, int], fixed_size: bool, min_size: int,
+                name: str, include_top: bool = False):
     """The model's input layer, with the shape checks keras.applications makes.
 
-    ``fixed_size``: the top (flatten + dense) only works at ``default_shape``.
+    ``fixed_size``: the top (flatten + dense) only works at ``default_shape``. Without an
+    ``input_shape``, a model with its top takes ``default_shape`` (as keras.applications
+    does); a headless one takes any size.
     """
     if input_shape is None:
-        input_shape = default_shape if fixed_size else (None, None, default_shape[2])
+        input_shape = default_shape if (fixed_size or include_top) else (None, None, default_shape[2])
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), got {input_shape}")

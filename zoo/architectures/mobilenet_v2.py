@@ -161,7 +161,7 @@ def mobilenet_v2(include_top=True, weights=None, input_tensor=None, input_shape=
     epsilon = 1e-3 if layout == "keras" else 1e-5
 
     img_input = common.model_input(input_tensor, input_shape, default_shape=(224, 224, 3), fixed_size=False,
-                                   min_size=32, name="mobilenet_v2")
+                                   min_size=32, name="mobilenet_v2", include_top=include_top)
     x = layers.ZeroPadding2D(_stride2_padding(layout), name="Conv1_pad")(img_input)
     x = layers.Conv2D(make_divisible(32 * alpha, 8), 3, strides=2, use_bias=False, name="Conv1")(x)
     x = layers.BatchNormalization(epsilon=epsilon, momentum=0.999, name="bn_Conv1")(x)
