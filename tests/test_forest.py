@@ -1,0 +1,262 @@
+"""Compiled decision forests: equal to the libraries' own predictions, trainable, saveable."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import ydf
+
+import hybrid_keras as hk
+from hybrid_keras.forest import (
+    ForestLayer,
+    UnsupportedForestError,
+    attach,
+    extract_features,
+    extract_pixel_features,
+    sample_pixels,
+    train_forest,
+)
+
+NATIVE_TOLERANCE = 1e-5
+
+
+def _dataset(task, rng, rows=1500, features=10, missing=0.05):
+    """Features with some NaN, and a label that depends on a few of them non-linearly."""
+    x = rng.normal(size=(rows, features)).astype(np.float32)
+    clean = x.copy()
+    x[rng.random(x.shape) < missing] = np.nan
+    score = clean[:, 0] + clean[:, 1] * clean[:, 2] - 0.5 * clean[:, 3]
+    if task == "binary":
+        return x, (score > 0).astype(np.int64)
+    if task == "multiclass":
+        return x, np.digitize(score, [-1.0, 0.0, 1.0]).astype(np.int64)
+    return x, (3.0 * score + 1.0).astype(np.float32)
+
+
+def _native_probabilities(model, x, task):
+    """The library's own prediction as [rows, outputs] (binary: [P(0), P(1)])."""
+    predicted = np.asarray(model.predict({"features": x}) if type(model).__module__.startswith("ydf")
+                           else model.predict(x, verbose=0))
+    if task == "binary":
+        positive = predicted.reshape(-1)
+        return np.stack([1 - positive, positive], axis=1)
+    return predicted.reshape(len(x), -1)
+
+
+@pytest.mark.parametrize("strategy", ["gather", "gemm"])
+@pytest.mark.parametrize("kind", ["random_forest", "gradient_boosted_trees"])
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_native_mode_reproduces_ydf(task, kind, strategy, rng):
+    x, y = _dataset(task, rng)
+    held_out, _ = _dataset(task, np.random.default_rng(99), rows=400)
+    model = train_forest(x[:1100], y[:1100], kind=kind, task="regression" if task == "regression" else "classification",
+                         num_trees=15, max_depth=6, verbose=0)
+    layer = ForestLayer.from_model(model, strategy=strategy)
+    assert layer.strategy == strategy
+    expected = _native_probabilities(model, held_out, task)
+    np.testing.assert_allclose(layer(held_out).numpy(), expected, atol=NATIVE_TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["random_forest", "gradient_boosted_trees"])
+def test_deep_forest_native_equivalence(kind, rng):
+    x, y = _dataset("multiclass", rng, rows=3000, features=16)
+    model = train_forest(x, y, kind=kind, num_trees=8, max_depth=20, min_examples=2, verbose=0)
+    layer = ForestLayer.from_model(model)
+    assert layer.strategy == "gather" and layer.max_depth > 10
+    held_out, _ = _dataset("multiclass", np.random.default_rng(5), rows=500, features=16)
+    np.testing.assert_allclose(layer(held_out).numpy(), _native_probabilities(model, held_out, "multiclass"),
+                               atol=NATIVE_TOLERANCE, rtol=0)
+
+
+def test_random_forest_without_voting_averages_distributions(rng):
+    x, y = _dataset("multiclass", rng)
+    model = train_forest(x, y, num_trees=10, max_depth=8, winner_take_all=False, verbose=0)
+    assert not model.winner_takes_all()
+    layer = ForestLayer.from_model(model)
+    np.testing.assert_allclose(layer(x[:300]).numpy(), _native_probabilities(model, x[:300], "multiclass"),
+                               atol=NATIVE_TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("kind,task", [("random_forest", "multiclass"), ("gradient_boosted_trees", "binary")])
+def test_native_mode_reproduces_tfdf(kind, task, rng):
+    x, y = _dataset(task, rng, rows=800, features=12)
+    model = train_forest(x, y, kind=kind, backend="tfdf", num_trees=10, max_depth=6, verbose=0)
+    layer = ForestLayer.from_model(model)
+    # TF-DF names the columns "data:0.0", "data:0.1", "data:0.10", ...: the layer must
+    # still take them in their original order.
+    assert layer.feature_names[:3] == ["data:0.0", "data:0.1", "data:0.2"]
+    held_out, _ = _dataset(task, np.random.default_rng(3), rows=300, features=12)
+    np.testing.assert_allclose(layer(held_out).numpy(), _native_probabilities(model, held_out, task),
+                               atol=NATIVE_TOLERANCE, rtol=0)
+
+
+def _walk(node, row):
+    """Reference traversal of a ydf tree object in plain Python."""
+    while hasattr(node, "condition"):
+        value = row[node.condition.attribute - 1]  # column 0 of the data spec is the label
+        positive = node.condition.missing if np.isnan(value) else value >= node.condition.threshold
+        node = node.pos_child if positive else node.neg_child
+    return node.value
+
+
+def test_log_sum_matches_a_numpy_reference(rng):
+    x, y = _dataset("multiclass", rng, missing=0.0)
+    model = train_forest(x, y, num_trees=6, max_depth=7, verbose=0)
+    smoothing = 0.5
+    layer = ForestLayer.from_model(model, mode="log_sum", smoothing=smoothing)
+    rows = x[:50]
+    expected = []
+    for row in rows:
+        total = 0.0
+        for tree in model.get_all_trees():
+            leaf = _walk(tree.root, row)
+            counts = np.asarray(leaf.probability) * leaf.num_examples
+            total = total + np.log((counts + smoothing) / (counts.sum() + smoothing * len(counts)))
+        expected.append(np.exp(total - total.max()) / np.exp(total - total.max()).sum())
+    np.testing.assert_allclose(layer(rows).numpy(), np.array(expected), atol=1e-5)
+    assert layer.leaf_values.trainable and not layer.threshold.trainable
+
+
+def test_dict_input_and_per_pixel_maps(rng):
+    x, y = _dataset("multiclass", rng, missing=0.0, features=6)
+    model = train_forest(x, y, num_trees=5, max_depth=5, verbose=0)
+    layer = ForestLayer.from_model(model, mode="log_sum")
+    flat = layer(x[:24]).numpy()
+    as_dict = {name: x[:24, i] for i, name in enumerate(layer.feature_names)}
+    np.testing.assert_allclose(layer(as_dict).numpy(), flat, atol=1e-6)
+    feature_map = x[:24].reshape(2, 3, 4, 6)
+    per_pixel = layer(feature_map).numpy()
+    assert per_pixel.shape == (2, 3, 4, 4)
+    np.testing.assert_allclose(per_pixel.reshape(24, 4), flat, atol=1e-6)
+
+
+def test_leaf_fine_tuning_lowers_the_training_loss(rng):
+    x, y = _dataset("multiclass", rng, missing=0.0)
+    model = train_forest(x[:600], y[:600], num_trees=10, max_depth=4, verbose=0)
+    layer = ForestLayer.from_model(model, mode="log_sum")
+    thresholds_before = layer.threshold.numpy().copy()
+    inputs = keras.Input((x.shape[1],))
+    classifier = keras.Model(inputs, layer(inputs))
+    classifier.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    before = classifier.evaluate(x, y, verbose=0)
+    classifier.fit(x, y, epochs=15, batch_size=128, verbose=0)
+    after = classifier.evaluate(x, y, verbose=0)
+    assert after < before * 0.9, (before, after)
+    np.testing.assert_array_equal(layer.threshold.numpy(), thresholds_before)
+
+
+@pytest.mark.parametrize("strategy", ["gather", "gemm"])
+def test_keras_file_round_trip(tmp_path, strategy, rng):
+    x, y = _dataset("multiclass", rng)
+    layer = ForestLayer.from_model(train_forest(x, y, num_trees=5, max_depth=4, verbose=0), strategy=strategy)
+    inputs = keras.Input((x.shape[1],))
+    model = keras.Model(inputs, layer(inputs))
+    model.save(tmp_path / "forest.keras")
+    loaded = keras.models.load_model(tmp_path / "forest.keras")
+    np.testing.assert_array_equal(loaded(x[:100]).numpy(), model(x[:100]).numpy())
+    assert loaded.layers[-1].strategy == strategy
+
+
+def _backbone(size=16, channels=8):
+    inputs = keras.Input((size, size, 3), name="image")
+    x = keras.layers.Conv2D(channels, 3, strides=2, padding="same", activation="relu", name="conv1")(inputs)
+    x = keras.layers.Conv2D(channels, 3, padding="same", activation="relu", name="conv2")(x)
+    return keras.Model(inputs, x, name="tiny")
+
+
+def _images_and_masks(rng, count=12, size=16, classes=3):
+    images = rng.normal(size=(count, size, size, 3)).astype(np.float32)
+    # The class of a pixel is read off its first colour channel, so features can learn it.
+    masks = np.digitize(images[..., 0], [-0.5, 0.5]).astype(np.int32)
+    masks[:, :2, :] = 255  # an ignored border
+    return images, masks
+
+
+def test_per_image_model_exports_to_a_saved_model(tmp_path, rng):
+    backbone = _backbone()
+    images = rng.normal(size=(40, 16, 16, 3)).astype(np.float32)
+    labels = (images[..., 1].mean(axis=(1, 2)) > 0).astype(np.int64)
+    features, returned = extract_features(backbone, (images, labels), batch_size=16, verbose=0)
+    np.testing.assert_allclose(features, backbone(images).numpy().mean(axis=(1, 2)), atol=1e-5)
+    np.testing.assert_array_equal(returned, labels)
+    forest = ForestLayer.from_model(train_forest(features, labels, num_trees=8, max_depth=5, verbose=0), mode="log_sum")
+    model = attach(backbone, forest)
+    assert model.output.shape == (None, 2)
+    path = hk.export_saved_model(model, tmp_path / "forest" / "1", preprocessing="none")  # verified in a fresh process
+    assert not hk.export.uses_custom_ops(path)
+    served = tf.saved_model.load(str(path)).signatures["serving_default"](images=tf.constant(images[:4]))
+    np.testing.assert_allclose(next(iter(served.values())).numpy(), model(images[:4]).numpy(), atol=1e-5)
+
+
+def test_per_pixel_head_samples_trains_and_upsamples(tmp_path, rng):
+    backbone = _backbone()
+    images, masks = _images_and_masks(rng)
+    features, labels = extract_pixel_features(backbone, (images, masks), pixels_per_image=20, batch_size=5, verbose=0)
+    assert features.shape == (12 * 20, 8) and labels.shape == (240,)
+    assert 255 not in labels and set(np.unique(labels)) == {0, 1, 2}
+    forest = ForestLayer.from_model(train_forest(features, labels, num_trees=6, max_depth=6, verbose=0), mode="log_sum")
+    model = attach(backbone, forest, pooling=None)
+    output = model(images[:2]).numpy()
+    assert output.shape == (2, 16, 16, 3)
+    np.testing.assert_allclose(output.sum(-1), 1.0, atol=1e-5)
+    path = hk.export_saved_model(model, tmp_path / "segmentation" / "1", preprocessing="none")
+    assert (path / "saved_model.pb").exists()
+
+
+def test_pixel_sampling_is_class_balanced_and_skips_ignored_pixels():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((40, 50), np.int32)
+    mask[:4] = 2  # a rare class: 200 of 2000 pixels
+    mask[-10:] = 255
+    chosen = np.concatenate([sample_pixels(mask, 60, rng, ignore_label=255, class_balanced=True) for _ in range(50)])
+    classes = mask.reshape(-1)[chosen]
+    assert 255 not in classes
+    share = np.mean(classes == 2)
+    assert 0.4 < share < 0.6, share  # balanced, against 200 / 1500 = 0.13 by plain sampling
+    assert len(sample_pixels(np.full((4, 4), 255), 10, rng, ignore_label=255, class_balanced=True)) == 0
+
+
+def test_pixel_extraction_respects_the_memory_bound(rng):
+    images, masks = _images_and_masks(rng)
+    with pytest.raises(MemoryError, match="pixels_per_image <="):
+        extract_pixel_features(_backbone(), (images, masks), pixels_per_image=1000, max_memory_bytes=10_000, verbose=0)
+
+
+def test_bad_input_gives_clear_errors(rng):
+    x, y = _dataset("multiclass", rng)
+    model = train_forest(x, y, num_trees=3, max_depth=4, verbose=0)
+    native = ForestLayer.from_model(model)
+    with pytest.raises(ValueError, match="trained on 10 features but the input has 7"):
+        native(np.zeros((2, 7), np.float32))
+    log_sum = ForestLayer.from_model(model, mode="log_sum")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or infinite"):
+        log_sum(x[:5])  # x has NaN; log_sum takes network features, which are never missing
+    with pytest.raises(ValueError, match="lacks features"):
+        native({"features.00_of_10": x[:, 0]})
+    with pytest.raises(TypeError, match="expected a trained ydf or TF-DF model"):
+        ForestLayer.from_model(ydf.RandomForestLearner(label="label"))
+    isolation = ydf.IsolationForestLearner(num_trees=3).train({"features": np.nan_to_num(x)}, verbose=0)
+    with pytest.raises(UnsupportedForestError, match="not supported"):
+        ForestLayer.from_model(isolation)
+    with pytest.raises(ValueError, match="mode must be"):
+        ForestLayer.from_model(model, mode="softmax")
+    with pytest.raises(ValueError, match="log_sum"):
+        ForestLayer.from_model(train_forest(x, y.astype(np.float32), task="regression", num_trees=2, verbose=0),
+                               mode="log_sum")
+    with pytest.raises(ValueError, match="labels must be integers"):
+        train_forest(x, y.astype(np.float32))
+
+
+def test_untrained_tfdf_model_is_rejected():
+    import tensorflow_decision_forests as tfdf
+
+    with pytest.raises(ValueError, match="not trained"):
+        ForestLayer.from_model(tfdf.keras.RandomForestModel())
+
+
+def test_categorical_features_are_rejected(rng):
+    data = {"colour": np.array(["red", "green", "blue"] * 30), "size": rng.normal(size=90).astype(np.float32),
+            "label": np.array([0, 1, 1] * 30)}
+    model = ydf.RandomForestLearner(label="label", num_trees=2).train(data, verbose=0)
+    with pytest.raises(UnsupportedForestError, match="CATEGORICAL"):
+        ForestLayer.from_model(model)
