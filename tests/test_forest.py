@@ -114,7 +114,7 @@ def test_log_sum_matches_a_numpy_reference(rng):
             total = total + np.log((counts + smoothing) / (counts.sum() + smoothing * len(counts)))
         expected.append(np.exp(total - total.max()) / np.exp(total - total.max()).sum())
     np.testing.assert_allclose(layer(rows).numpy(), np.array(expected), atol=1e-5)
-    assert layer.leaf_values.trainable and not layer.threshold.trainable
+    assert layer.leaf_values.trainable and not layer.nodes.trainable
 
 
 def test_dict_input_and_per_pixel_maps(rng):
@@ -130,11 +130,13 @@ def test_dict_input_and_per_pixel_maps(rng):
     np.testing.assert_allclose(per_pixel.reshape(24, 4), flat, atol=1e-6)
 
 
-def test_leaf_fine_tuning_lowers_the_training_loss(rng):
+@pytest.mark.parametrize("strategy", ["gather", "gemm"])
+def test_leaf_fine_tuning_lowers_the_training_loss(strategy, rng):
     x, y = _dataset("multiclass", rng, missing=0.0)
     model = train_forest(x[:600], y[:600], num_trees=10, max_depth=4, verbose=0)
-    layer = ForestLayer.from_model(model, mode="log_sum")
-    thresholds_before = layer.threshold.numpy().copy()
+    layer = ForestLayer.from_model(model, mode="log_sum", strategy=strategy)
+    assert [w.name for w in layer.trainable_weights] == ["leaf_values"]
+    structure_before = [w.numpy().copy() for w in layer.non_trainable_weights]
     inputs = keras.Input((x.shape[1],))
     classifier = keras.Model(inputs, layer(inputs))
     classifier.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
@@ -142,7 +144,8 @@ def test_leaf_fine_tuning_lowers_the_training_loss(rng):
     classifier.fit(x, y, epochs=15, batch_size=128, verbose=0)
     after = classifier.evaluate(x, y, verbose=0)
     assert after < before * 0.9, (before, after)
-    np.testing.assert_array_equal(layer.threshold.numpy(), thresholds_before)
+    for weight, before in zip(layer.non_trainable_weights, structure_before):
+        np.testing.assert_array_equal(weight.numpy(), before, err_msg=f"{weight.name} changed")
 
 
 @pytest.mark.parametrize("strategy", ["gather", "gemm"])
@@ -260,3 +263,25 @@ def test_categorical_features_are_rejected(rng):
     model = ydf.RandomForestLearner(label="label", num_trees=2).train(data, verbose=0)
     with pytest.raises(UnsupportedForestError, match="CATEGORICAL"):
         ForestLayer.from_model(model)
+
+
+@pytest.mark.parametrize("kind", ["random_forest", "gradient_boosted_trees"])
+@pytest.mark.parametrize("present", [(0, 3), (0, 2, 3)], ids=["binary", "multiclass"])
+def test_labels_missing_from_training_get_their_own_empty_column(kind, present, rng):
+    """A rare class absent from the pixel sample must not shift the other classes' columns."""
+    x, y = _dataset("multiclass", rng, missing=0.0)
+    y = np.asarray(present)[y % len(present)]
+    model = train_forest(x, y, kind=kind, num_trees=8, max_depth=5, verbose=0)
+    layer = ForestLayer.from_model(model, num_classes=5)
+    output = layer(x[:200]).numpy()
+    assert output.shape == (200, 5) and layer.class_names == ["0", "1", "2", "3", "4"]
+    expected = _native_probabilities(model, x[:200], "binary" if len(present) == 2 else "multiclass")
+    np.testing.assert_allclose(output[:, list(present)], expected, atol=NATIVE_TOLERANCE)
+    absent = [c for c in range(5) if c not in present]
+    assert np.abs(output[:, absent]).max() < 1e-6
+    log_sum = ForestLayer.from_model(model, mode="log_sum", num_classes=5)(x[:200]).numpy()
+    unspread = ForestLayer.from_model(model, mode="log_sum")(x[:200]).numpy()
+    np.testing.assert_allclose(log_sum[:, list(present)], unspread, atol=1e-5)
+    assert np.abs(log_sum[:, absent]).max() < 1e-6
+    with pytest.raises(ValueError, match="do not fit"):
+        ForestLayer.from_model(model, num_classes=3)

@@ -75,8 +75,12 @@ def _kind(model) -> str:
     raise UnsupportedForestError(f"{name} is not supported; the compiled layer handles random forests and gradient boosted trees")
 
 
-def compile_forest(model, mode: str = "native", smoothing: float = 1.0) -> CompiledForest:
+def compile_forest(model, mode: str = "native", smoothing: float = 1.0, num_classes: int | None = None) -> CompiledForest:
     """Flatten ``model`` (ydf or TF-DF, trained) into a :class:`CompiledForest`.
+
+    ``num_classes``: for integer labels 0..num_classes-1, output one column per label
+    in label order even when some label never occurred in the training sample (a rare
+    class missed by pixel sampling); those columns get probability ~0.
 
     ``mode="native"`` keeps the library's own prediction rule (random-forest voting or
     averaging, GBT logits through the link function); ``mode="log_sum"`` stores log
@@ -97,7 +101,7 @@ def compile_forest(model, mode: str = "native", smoothing: float = 1.0) -> Compi
     if mode == "log_sum" and not is_classification:
         raise ValueError("mode='log_sum' is for classification forests; use mode='native' for regression")
     class_names = list(model.label_classes()) if is_classification else None
-    num_classes = len(class_names) if class_names else 1
+    forest_classes = len(class_names) if class_names else 1
 
     features = sorted(model.input_features(), key=_training_order(model.input_features()))
     for feature in features:
@@ -113,17 +117,17 @@ def compile_forest(model, mode: str = "native", smoothing: float = 1.0) -> Compi
     # Output layout and aggregation.
     if kind == "random_forest":
         aggregation = "mean" if mode == "native" else "softmax_of_sum"
-        num_outputs = (1 if num_classes == 2 and mode == "native" else num_classes) if is_classification else 1
+        num_outputs = (1 if forest_classes == 2 and mode == "native" else forest_classes) if is_classification else 1
         bias = np.zeros(num_outputs, np.float32)
     else:
         initial = np.asarray(model.initial_predictions(), np.float32).reshape(-1)
         if not is_classification:
             aggregation, num_outputs = "sum", 1
-        elif num_classes == 2:
+        elif forest_classes == 2:
             aggregation = "sigmoid_of_sum" if mode == "native" else "softmax_of_sum"
             num_outputs = 1 if mode == "native" else 2
         else:
-            aggregation, num_outputs = "softmax_of_sum", num_classes
+            aggregation, num_outputs = "softmax_of_sum", forest_classes
         bias = initial if num_outputs == len(initial) else np.concatenate([[0.0], initial]).astype(np.float32)
 
     def leaf_vector(value, tree_index: int) -> np.ndarray:
@@ -132,17 +136,17 @@ def compile_forest(model, mode: str = "native", smoothing: float = 1.0) -> Compi
             probability = np.asarray(value.probability, np.float64)
             if mode == "log_sum":
                 counts = probability * value.num_examples
-                return np.log((counts + smoothing) / (counts.sum() + smoothing * num_classes)).astype(np.float32)
+                return np.log((counts + smoothing) / (counts.sum() + smoothing * forest_classes)).astype(np.float32)
             if winner_takes_all:
-                probability = np.eye(num_classes)[int(np.argmax(probability))]
+                probability = np.eye(forest_classes)[int(np.argmax(probability))]
             return (probability[1:] if num_outputs == 1 else probability).astype(np.float32)
         if kind == "random_forest":
             out[0] = value.value
             return out
         # GBT: tree t adds to class t % (number of per-iteration trees).
-        per_iteration = len(bias) if not (mode == "log_sum" and num_classes == 2) else 1
+        per_iteration = len(bias) if not (mode == "log_sum" and forest_classes == 2) else 1
         slot = tree_index % per_iteration
-        out[slot + (1 if mode == "log_sum" and num_classes == 2 else 0)] = value.value
+        out[slot + (1 if mode == "log_sum" and forest_classes == 2 else 0)] = value.value
         return out
 
     flattened = []
@@ -186,12 +190,44 @@ def compile_forest(model, mode: str = "native", smoothing: float = 1.0) -> Compi
                 max_depth = max(max_depth, depth[id(node)])
     if aggregation == "mean":
         leaf_values /= len(trees)  # the mean becomes a sum, so every strategy just adds
-    return CompiledForest(
+    forest = CompiledForest(
         feature=feature, threshold=threshold, positive=positive, negative=negative, missing_positive=missing_positive,
         leaf_values=leaf_values, bias=bias.astype(np.float32), num_trees=len(trees), nodes_per_tree=nodes_per_tree,
         max_depth=max_depth, aggregation=aggregation, feature_names=[f.name for f in features],
         class_names=class_names, task="classification" if is_classification else "regression",
     )
+    return forest if num_classes is None else _spread_to_labels(forest, num_classes)
+
+
+# Logit bias of a label the forest never saw: exp(-30) ~ 1e-13, zero for any purpose,
+# yet finite so that gradients and softmax stay well defined.
+_ABSENT_LOGIT = -30.0
+
+
+def _spread_to_labels(forest: CompiledForest, num_classes: int) -> CompiledForest:
+    """Re-index the output columns from the forest's classes to integer labels 0..num_classes-1."""
+    if forest.task != "classification":
+        raise ValueError("num_classes is for classification forests")
+    try:
+        labels = [int(name) for name in forest.class_names]
+    except ValueError:
+        raise ValueError(f"num_classes needs integer class labels; the forest has {forest.class_names[:5]}") from None
+    if min(labels) < 0 or max(labels) >= num_classes:
+        raise ValueError(f"the forest's labels {labels} do not fit in 0..{num_classes - 1}")
+    leaf_values, bias, aggregation = forest.leaf_values, forest.bias, forest.aggregation
+    if leaf_values.shape[1] == 1:  # binary forests keep only the positive column; restore both
+        if aggregation == "mean":  # per-tree leaf value v = P(positive) / T
+            leaf_values = np.concatenate([1.0 / forest.num_trees - leaf_values, leaf_values], axis=1)
+            bias = np.zeros(2, np.float32)
+        else:  # sigmoid(z) == softmax([0, z])[1]
+            leaf_values = np.concatenate([np.zeros_like(leaf_values), leaf_values], axis=1)
+            bias, aggregation = np.concatenate([[0.0], bias]).astype(np.float32), "softmax_of_sum"
+    spread_leaves = np.zeros((len(leaf_values), num_classes), np.float32)
+    spread_leaves[:, labels] = leaf_values
+    spread_bias = np.full(num_classes, 0.0 if aggregation == "mean" else _ABSENT_LOGIT, np.float32)
+    spread_bias[labels] = bias
+    return dataclasses.replace(forest, leaf_values=spread_leaves, bias=spread_bias, aggregation=aggregation,
+                               class_names=[str(i) for i in range(num_classes)])
 
 
 # Libraries split a multi-column input "x" into one feature per column and name them
@@ -214,6 +250,23 @@ def _training_order(features):
         return (first_seen[feature.name], 0)
 
     return key
+
+
+def traversal_table(forest: CompiledForest) -> np.ndarray:
+    """One int32 row per node for the gather strategy: one gather fetches all a step needs.
+
+    Columns: input feature, positive child, threshold (float32 bits), NaN goes positive.
+    Breadth-first order puts a node's negative child right after its positive one, so
+    the next node is ``positive + (0 if the test passes else 1)``. Leaves get threshold
+    -inf and NaN-positive, so every row stays on them once there.
+    """
+    internal = forest.positive != np.arange(len(forest.positive))
+    if not np.array_equal(forest.negative[internal], forest.positive[internal] + 1):
+        raise ValueError("children are not adjacent; the forest was not laid out breadth first")
+    threshold = np.where(internal, forest.threshold, -np.inf).astype(np.float32)
+    missing_positive = np.where(internal, forest.missing_positive, True)
+    return np.stack([forest.feature, forest.positive, threshold.view(np.int32), missing_positive.astype(np.int32)],
+                    axis=1).astype(np.int32)
 
 
 def gemm_arrays(forest: CompiledForest) -> dict[str, np.ndarray]:

@@ -8,8 +8,9 @@ strategies, after Hummingbird:
 - ``"gather"``: every row walks all trees at once, one level per step (``max_depth``
   steps of gathers); cost grows with depth, not with the number of nodes.
 - ``"gemm"``: all split conditions are evaluated at once and matched against each
-  leaf's path with a matrix product; fastest for shallow trees, but the work grows
-  with the number of leaves (2^depth), so ``"auto"`` uses it only for shallow forests.
+  leaf's path with a matrix product. Its work grows with the number of leaves
+  (2^depth); on CPU it was slower than gather even at depth 3 (see
+  ``benchmarks/forest``), so gather is the default.
 """
 
 from __future__ import annotations
@@ -18,14 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hybrid_keras.forest.compile import AGGREGATIONS, CompiledForest, compile_forest, gemm_arrays
+from hybrid_keras.forest.compile import AGGREGATIONS, CompiledForest, compile_forest, gemm_arrays, traversal_table
 
-STRATEGIES = ("auto", "gather", "gemm")
-# "auto" picks GEMM up to this depth: beyond it the [rows, trees, leaves] match tensor
-# costs more than the depth-many gathers.
-GEMM_MAX_DEPTH = 4
+STRATEGIES = ("gather", "gemm")
 
-_GATHER_WEIGHTS = ("feature", "threshold", "positive", "negative", "missing_positive")
 _GEMM_WEIGHTS = ("select", "threshold", "missing_positive", "paths", "path_lengths")
 
 
@@ -52,8 +49,8 @@ class ForestLayer(keras.layers.Layer):
         super().__init__(**kwargs)
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-        if strategy not in ("gather", "gemm"):
-            raise ValueError(f"strategy must be 'gather' or 'gemm', got {strategy!r}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         if strategy == "gemm" and not gemm_shape:
             raise ValueError("strategy='gemm' needs gemm_shape=(internal_nodes, leaves)")
         self.num_trees, self.nodes_per_tree, self.max_depth = int(num_trees), int(nodes_per_tree), int(max_depth)
@@ -67,17 +64,20 @@ class ForestLayer(keras.layers.Layer):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_model(cls, model, mode: str = "native", strategy: str = "auto", smoothing: float = 1.0, **kwargs):
-        """Compile a trained TF-DF Keras model or ydf model (random forest or GBT)."""
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        forest = compile_forest(model, mode=mode, smoothing=smoothing)
+    def from_model(cls, model, mode: str = "native", strategy: str = "gather", smoothing: float = 1.0,
+                   num_classes: int | None = None, **kwargs):
+        """Compile a trained TF-DF Keras model or ydf model (random forest or GBT).
+
+        ``num_classes``: give the output one column per integer label 0..num_classes-1
+        even if some label is missing from the training data.
+        """
+        forest = compile_forest(model, mode=mode, smoothing=smoothing, num_classes=num_classes)
         return cls.from_compiled(forest, mode=mode, strategy=strategy, **kwargs)
 
     @classmethod
-    def from_compiled(cls, forest: CompiledForest, mode: str = "native", strategy: str = "auto", **kwargs):
-        if strategy == "auto":
-            strategy = "gemm" if forest.max_depth <= GEMM_MAX_DEPTH else "gather"
+    def from_compiled(cls, forest: CompiledForest, mode: str = "native", strategy: str = "gather", **kwargs):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         gemm = gemm_arrays(forest) if strategy == "gemm" else None
         layer = cls(
             num_trees=forest.num_trees, nodes_per_tree=forest.nodes_per_tree, max_depth=forest.max_depth,
@@ -90,8 +90,7 @@ class ForestLayer(keras.layers.Layer):
             values = {name: gemm[name] for name in _GEMM_WEIGHTS}
             values["leaf_values"] = gemm["leaf_values"]
         else:
-            values = {name: getattr(forest, name) for name in _GATHER_WEIGHTS}
-            values["leaf_values"] = forest.leaf_values
+            values = {"nodes": traversal_table(forest), "leaf_values": forest.leaf_values}
         values["bias"] = forest.bias
         for name, value in values.items():
             weight = getattr(layer, name)
@@ -106,11 +105,7 @@ class ForestLayer(keras.layers.Layer):
 
         trainable_leaves = self.mode == "log_sum"
         if self.strategy == "gather":
-            self.feature = constant("feature", (T * M,), "int32")
-            self.threshold = constant("threshold", (T * M,), "float32")
-            self.positive = constant("positive", (T * M,), "int32")
-            self.negative = constant("negative", (T * M,), "int32")
-            self.missing_positive = constant("missing_positive", (T * M,), "bool")
+            self.nodes = constant("nodes", (T * M, 4), "int32")  # see compile.traversal_table
             self.leaf_values = constant("leaf_values", (T * M, O), "float32", trainable_leaves)
         else:
             I, L = self.gemm_shape
@@ -149,29 +144,46 @@ class ForestLayer(keras.layers.Layer):
             x = tf.debugging.check_numerics(x, "ForestLayer (log_sum) got NaN or infinite features")
         leading = tf.shape(x)[:-1]
         rows = tf.reshape(x, [-1, self.num_features])
-        scores = self._gather_scores(rows) if self.strategy == "gather" else self._gemm_scores(rows)
+        if self.allow_missing:
+            # NaN routing costs three extra element-wise ops per step; skip it when the
+            # batch has no NaN (the usual case, and always so for network features).
+            scores = tf.cond(tf.reduce_any(tf.math.is_nan(rows)), lambda: self._scores(rows, missing=True),
+                             lambda: self._scores(rows, missing=False))
+        else:
+            scores = self._scores(rows, missing=False)
         outputs = self._aggregate(scores + self.bias)
         return tf.reshape(outputs, tf.concat([leading, [outputs.shape[-1]]], axis=0))
 
-    def _goes_positive(self, values, threshold, missing_positive):
+    @staticmethod
+    def _goes_positive(values, threshold, missing_positive, missing):
         # YDF's rule: x >= threshold goes to the positive child; NaN follows the node's
         # missing-value direction (NaN >= t is False, so only that case needs care).
+        if not missing:
+            return values >= threshold
         return tf.logical_or(values >= threshold, tf.logical_and(tf.math.is_nan(values), missing_positive))
 
-    def _gather_scores(self, rows):
+    def _scores(self, rows, missing: bool):
+        return self._gather_scores(rows, missing) if self.strategy == "gather" else self._gemm_scores(rows, missing)
+
+    def _gather_scores(self, rows, missing):
         batch = tf.shape(rows)[0]
         roots = tf.range(self.num_trees, dtype=tf.int32) * self.nodes_per_tree
         node = tf.tile(roots[None, :], [batch, 1])  # [rows, trees]
+        # Reading x[row, feature] from the flat rows with one plain gather is cheaper
+        # than a batched gather.
+        flat_rows = tf.reshape(rows, [-1])
+        row_offsets = (tf.range(batch, dtype=tf.int32) * self.num_features)[:, None]
         for _ in range(self.max_depth):
-            feature = tf.gather(self.feature, node)
-            values = tf.gather(rows, feature, batch_dims=1)
-            positive = self._goes_positive(values, tf.gather(self.threshold, node), tf.gather(self.missing_positive, node))
-            node = tf.where(positive, tf.gather(self.positive, node), tf.gather(self.negative, node))
+            info = tf.gather(self.nodes, node)  # [rows, trees, 4]
+            values = tf.gather(flat_rows, row_offsets + info[..., 0])
+            threshold = tf.bitcast(info[..., 2], tf.float32)
+            positive = self._goes_positive(values, threshold, tf.cast(info[..., 3], tf.bool), missing)
+            node = info[..., 1] + 1 - tf.cast(positive, tf.int32)
         return tf.reduce_sum(tf.gather(self.leaf_values, node), axis=1)  # [rows, outputs]
 
-    def _gemm_scores(self, rows):
+    def _gemm_scores(self, rows, missing):
         values = tf.gather(rows, self.select, axis=1)  # [rows, trees, internal]
-        conditions = tf.cast(self._goes_positive(values, self.threshold, self.missing_positive), tf.float32)
+        conditions = tf.cast(self._goes_positive(values, self.threshold, self.missing_positive, missing), tf.float32)
         matched = tf.einsum("bti,til->btl", conditions, self.paths)
         reached = tf.cast(tf.equal(matched, self.path_lengths), tf.float32)  # one leaf per tree
         return tf.einsum("btl,tlo->bo", reached, self.leaf_values)
