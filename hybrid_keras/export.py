@@ -85,6 +85,7 @@ def export_saved_model(
     preprocessing: str | None = None,
     image_size: tuple[int, int] | None = None,
     verify: bool = True,
+    verify_images=None,
     verbose: bool = False,
 ) -> Path:
     """Write ``model`` as a TF Serving SavedModel at ``path`` and (by default) verify it.
@@ -98,6 +99,11 @@ def export_saved_model(
             ``"none"``.
         image_size: (height, width) for models that accept any size.
         verify: reload in a fresh TensorFlow-only process and compare outputs.
+        verify_images: uint8 images [B, H, W, C] to verify with (default: random
+            noise). Give real ones for heads that are discontinuous in their input,
+            such as kNN: on noise images many stored examples are almost equally far,
+            and rounding differences between eager and graph execution can swap the
+            k-th neighbour.
 
     Returns the path written.
     """
@@ -147,7 +153,7 @@ def export_saved_model(
                         "outputs": list(model.output_names)}, indent=2)
         )
         if verify:
-            verify_saved_model(model, staging, preprocessing=mode, image_size=(height, width))
+            verify_saved_model(model, staging, preprocessing=mode, image_size=(height, width), images=verify_images)
         if path.exists():
             path.rmdir()  # empty, checked above
         os.replace(staging, path)
@@ -187,8 +193,11 @@ def _max_relative_diff(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.max(np.abs(actual - expected) / np.maximum(1.0, np.abs(expected)))) if expected.size else 0.0
 
 
-def verify_saved_model(model, path, *, preprocessing: str | None = None, image_size=None, batch: int = 2, seed: int = 0) -> dict:
+def verify_saved_model(model, path, *, preprocessing: str | None = None, image_size=None, batch: int = 2, seed: int = 0,
+                       images=None) -> dict:
     """Load ``path`` in a fresh TensorFlow-only process and compare all signatures with ``model``.
+
+    ``images``: uint8 [B, H, W, C] to compare on; by default ``batch`` random ones.
 
     Returns ``{signature/output: max relative difference}``; raises
     ExportVerificationError when any exceeds 1e-5.
@@ -198,7 +207,13 @@ def verify_saved_model(model, path, *, preprocessing: str | None = None, image_s
     mode = check_mode(preprocessing or getattr(model, "preprocessing", None) or "none")
     height, width, channels = _model_image_shape(model, image_size)
     rng = np.random.default_rng(seed)
-    uint8_images = rng.integers(0, 256, size=(batch, height, width, channels), dtype=np.uint8)
+    if images is None:
+        uint8_images = rng.integers(0, 256, size=(batch, height, width, channels), dtype=np.uint8)
+    else:
+        uint8_images = np.asarray(images)
+        if uint8_images.dtype != np.uint8 or uint8_images.shape[1:] != (height, width, channels):
+            raise ValueError(f"images must be uint8 [B, {height}, {width}, {channels}], got {uint8_images.dtype} "
+                             f"{uint8_images.shape}")
     # PNG is lossless, so the decoded bytes equal uint8_images exactly; resizing to the
     # same size is the identity. (A PNG ends with the IEND CRC, never a NUL byte, so the
     # fixed-width bytes array NumPy stores gives each file back unchanged.)

@@ -8,20 +8,10 @@ from __future__ import annotations
 
 import keras
 
+from hybrid_keras.layers import L2Normalize
 from zoo.registry import load
 
 POOLINGS = ("avg", "max")
-
-
-@keras.saving.register_keras_serializable(package="zoo")
-class L2Normalize(keras.layers.Layer):
-    """Scales each vector to unit length, so squared L2 distance is 2 - 2 cos."""
-
-    def call(self, inputs):
-        # keras.ops.normalize floors the squared norm at 1e-7, which leaves small
-        # embeddings (untrained nets, low-activation inputs) far from unit length.
-        squared = keras.ops.sum(keras.ops.square(inputs), axis=-1, keepdims=True)
-        return inputs * keras.ops.rsqrt(keras.ops.maximum(squared, 1e-30))
 
 
 def embed(backbone, *, layer: str | None = None, pooling: str = "avg", normalize: bool = True,

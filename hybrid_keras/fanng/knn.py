@@ -28,6 +28,19 @@ BACKENDS = ("exact", "fanng")
 METRICS = ("l2", "cosine")
 
 
+def typical_neighbour_distance(embeddings: np.ndarray, k: int, metric: str = "l2", sample: int = 1000,
+                               seed: int = 0) -> float:
+    """Median distance from (a sample of) the examples to their k-th nearest other example."""
+    if metric == "cosine":
+        embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    rng = np.random.default_rng(seed)
+    probes = embeddings[rng.choice(len(embeddings), min(sample, len(embeddings)), replace=False)]
+    squared = ((probes ** 2).sum(1)[:, None] - 2 * probes @ embeddings.T + (embeddings ** 2).sum(1)[None, :])
+    kth = min(k, len(embeddings) - 1)  # column 0 is the probe itself
+    distance = float(np.sqrt(np.median(np.sort(np.maximum(squared, 0), axis=1)[:, kth])))
+    return distance if distance > 0 else 1.0
+
+
 @keras.saving.register_keras_serializable(package="hybrid_keras")
 class KNNClassifier(keras.layers.Layer):
     """Gaussian-kernel kNN over stored (embedding, label) pairs: [batch, D] -> [batch, num_classes].
@@ -64,15 +77,21 @@ class KNNClassifier(keras.layers.Layer):
 
     # ------------------------------------------------------------------ the stored examples
     @classmethod
-    def from_examples(cls, embeddings, labels, num_classes: int, *, capacity: int | None = None, **kwargs):
+    def from_examples(cls, embeddings, labels, num_classes: int, *, capacity: int | None = None,
+                      sigma: float | str = "auto", **kwargs):
         """A head holding ``embeddings`` [N, D] with integer ``labels`` [N].
 
         ``capacity`` (default 2N) bounds later :meth:`add_examples` calls.
+        ``sigma="auto"`` sets the kernel width to the typical distance of an example
+        to its k-th nearest neighbour, so the k votes are neither all equal nor all
+        but one negligible.
         """
         embeddings = np.asarray(embeddings, np.float32)
         if embeddings.ndim != 2:
             raise ValueError(f"embeddings must be [examples, D], got shape {embeddings.shape}")
-        layer = cls(num_classes, embeddings.shape[1], capacity or 2 * len(embeddings), **kwargs)
+        if sigma == "auto":
+            sigma = typical_neighbour_distance(embeddings, kwargs.get("k", 10), kwargs.get("metric", "l2"))
+        layer = cls(num_classes, embeddings.shape[1], capacity or 2 * len(embeddings), sigma=sigma, **kwargs)
         layer.add_examples(embeddings, labels)
         return layer
 

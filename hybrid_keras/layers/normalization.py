@@ -1,4 +1,4 @@
-"""Local response normalisation (Krizhevsky et al. 2012), channels last."""
+"""Local response normalisation (Krizhevsky et al. 2012), channels last; L2 normalisation of embeddings."""
 
 from __future__ import annotations
 
@@ -38,3 +38,14 @@ class LocalResponseNormalization(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "size": self.size, "alpha": self.alpha, "beta": self.beta, "k": self.k}
+
+
+@keras.saving.register_keras_serializable(package="hybrid_keras")
+class L2Normalize(keras.layers.Layer):
+    """Scales each vector (last axis) to unit length, so squared L2 distance is 2 - 2 cos."""
+
+    def call(self, inputs):
+        # keras.ops.normalize floors the squared norm at 1e-7, which leaves small
+        # embeddings (untrained nets, low-activation inputs) far from unit length.
+        squared = ops.sum(ops.square(inputs), axis=-1, keepdims=True)
+        return inputs * ops.rsqrt(ops.maximum(squared, 1e-30))
