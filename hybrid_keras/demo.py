@@ -22,17 +22,18 @@ import numpy as np
 DATA_DIR = Path(__file__).resolve().parent / "demo_data" / "mnist"
 KNOWN_CLASSES = 9  # digits 0-8; digit 9 is the "new" class
 IMAGE_SIZE = 32  # MNIST's 28x28 padded to 32, the smallest input MobileNetV2 takes
+EXAMPLES_PER_CLASS = 20  # the kNN head's memory per digit, the new digit 9 included
 
 
-def load_mnist() -> tuple[np.ndarray, np.ndarray]:
+def load_mnist(data_dir: Path = DATA_DIR) -> tuple[np.ndarray, np.ndarray]:
     """The shipped MNIST test split: uint8 images [10000, 28, 28] and labels [10000]."""
-    with gzip.open(DATA_DIR / "t10k-images-idx3-ubyte.gz", "rb") as f:
+    with gzip.open(data_dir / "t10k-images-idx3-ubyte.gz", "rb") as f:
         raw = f.read()
     magic, count, rows, cols = np.frombuffer(raw[:16], dtype=">i4")
     if magic != 2051:
-        raise ValueError(f"{DATA_DIR} holds no IDX3 image file (magic {magic})")
+        raise ValueError(f"{data_dir} holds no IDX3 image file (magic {magic})")
     images = np.frombuffer(raw[16:], dtype=np.uint8).reshape(count, rows, cols)
-    with gzip.open(DATA_DIR / "t10k-labels-idx1-ubyte.gz", "rb") as f:
+    with gzip.open(data_dir / "t10k-labels-idx1-ubyte.gz", "rb") as f:
         raw = f.read()
     labels = np.frombuffer(raw[8:], dtype=np.uint8).astype(np.int64)
     return images, labels
@@ -107,19 +108,22 @@ def run_demo(out_dir: str = "saved_models/demo", quick: bool = False, seed: int 
     print(f"forest head ({forest.num_trees} trees, log_sum): test accuracy {results['forest_test_accuracy']:.4f} "
           f"({results['forest_train_seconds']} s of extraction and training) vs softmax {accuracy:.4f}")
 
-    _step("kNN head: embeddings (pooled features, L2-normalised) and a Gaussian-kernel kNN over stored examples")
+    _step(f"kNN head: embeddings (pooled features, L2-normalised), {EXAMPLES_PER_CLASS} stored examples per digit")
     embedder = keras.Model(model.input, L2Normalize(name="embedding")(pooled), name="mobilenet_v2_embedding")
-    stored = embedder.predict(x_fit, batch_size=256, verbose=0)
-    knn = KNNClassifier.from_examples(stored, train_y[known_train], num_classes=KNOWN_CLASSES + 1, k=10,
-                                      capacity=len(stored) + 100, name="knn_head")
+    # A balanced memory: with hundreds of 4s and 7s stored, a new class with a handful of
+    # examples would be outvoted by sheer numbers among the k nearest.
+    memory = np.concatenate([np.flatnonzero(train_y == digit)[:EXAMPLES_PER_CLASS] for digit in range(KNOWN_CLASSES)])
+    stored = embedder.predict(preprocess_numpy(train_x[memory], mode), batch_size=256, verbose=0)
+    knn = KNNClassifier.from_examples(stored, train_y[memory], num_classes=KNOWN_CLASSES + 1, k=10,
+                                      capacity=len(stored) + EXAMPLES_PER_CLASS, name="knn_head")
     test_embeddings = embedder.predict(preprocess_numpy(test_x, mode), batch_size=256, verbose=0)
     knn_predictions = knn(test_embeddings[known_test]).numpy().argmax(-1)
     results["knn_test_accuracy"] = float(np.mean(knn_predictions == test_y[known_test]))
     print(f"kNN head over {len(stored)} stored examples (k=10, sigma {knn.sigma:.3f}): "
           f"test accuracy {results['knn_test_accuracy']:.4f} on digits 0-8")
 
-    _step("A new class by examples alone: 20 images of digit 9, no retraining")
-    nines = np.flatnonzero(~known_train)[:20]
+    _step(f"A new class by examples alone: {EXAMPLES_PER_CLASS} images of digit 9, no retraining")
+    nines = np.flatnonzero(~known_train)[:EXAMPLES_PER_CLASS]
     knn.add_examples(embedder.predict(preprocess_numpy(train_x[nines], mode), verbose=0), train_y[nines])
     all_predictions = knn(test_embeddings).numpy().argmax(-1)
     results["knn_new_class_recall"] = float(np.mean(all_predictions[~known_test] == KNOWN_CLASSES))
