@@ -100,8 +100,9 @@ def build_graph(vectors, max_degree: int = 32, metric: str = "l2", seed: int = 0
     """Build a FANNG graph over the rows of ``vectors``.
 
     Returns ``(neighbours, entry)``: an int32 [N, max_degree] tensor of out-edges (shortest
-    first, -1 padded) and the int32 scalar start vertex. ``candidates`` is the approximate
-    kNN list length gathered per vertex before occlusion pruning (None: max(2 * max_degree, 16));
+    first, -1 padded) and the int32 scalar start vertex. ``candidates`` is the length of a
+    vertex's candidate list before occlusion pruning, half approximate nearest neighbours and
+    half reverse neighbours (None: max(2 * max_degree, 32));
     ``refine_iterations`` the number of traverse-add passes; ``connect`` makes every vertex
     reachable from ``entry``. The result depends on ``seed`` only, not on the thread count.
     """

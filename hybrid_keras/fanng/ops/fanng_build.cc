@@ -16,9 +16,6 @@
 // in a seeded order after a parallel, read-only search phase over a fixed-size batch.
 
 #include <algorithm>
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -78,28 +75,13 @@ inline void CpuRelax() {
 #endif
 }
 
-inline int EnvInt(const char* name, int def) { const char* v = std::getenv(name); return v ? std::atoi(v) : def; }
-
-struct DebugTimer {
-  bool on = std::getenv("HK_FANNG_DEBUG") != nullptr;
-  std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
-  void Mark(const char* what) {
-    if (!on) return;
-    auto now = std::chrono::steady_clock::now();
-    std::fprintf(stderr, "[fanng] %s %.3fs\n", what, std::chrono::duration<double>(now - last).count());
-    last = now;
-  }
-};
-
 class Builder {
  public:
   Builder(const Dataset& data, const BuildOptions& options, const ParallelFor& parallel_for)
       : data_(data), opt_(options), parallel_for_(parallel_for), n_(data.n), m_(options.max_degree) {}
 
   void Run(int32_t* neighbours_out, int32_t* entry_out) {
-    DebugTimer timer;
     entry_ = FindEntry();
-    timer.Mark("entry");
     graph_.assign(n_ * m_, -1);
     lengths_.assign(n_ * m_, kInf);
     degree_.assign(n_, 0);
@@ -112,20 +94,17 @@ class Builder {
       const int64_t reverse_cap = std::max<int64_t>(0, candidates - k);
       std::vector<int32_t> knn_ids;
       std::vector<float> knn_dist;
-      if (n_ <= kBruteForceMaxN) {
+      // NN-descent pays off only when the lists are a small part of the data.
+      if (n_ <= kBruteForceMaxN || 4 * k >= n_) {
         BruteForceKnn(k, &knn_ids, &knn_dist);
       } else {
         NnDescent(k, &knn_ids, &knn_dist);
       }
-      timer.Mark("knn");
       PruneCandidates(k, reverse_cap, knn_ids, knn_dist);
-      timer.Mark("prune");
       knn_ids = std::vector<int32_t>();
       knn_dist = std::vector<float>();
       for (int pass = 0; pass < opt_.refine_iterations; ++pass) Refine(pass);
-      timer.Mark("refine");
       if (opt_.connect) Connect();
-      timer.Mark("connect");
     }
     std::copy(graph_.begin(), graph_.end(), neighbours_out);
     *entry_out = entry_;
@@ -196,15 +175,14 @@ class Builder {
     // Per-round sample of new (and old) forward neighbours per vertex. Smaller samples
     // mean cheaper rounds but more of them; 12 keeps a round near 6*12^2 distances per
     // vertex while still converging in about a dozen rounds on 100-dimensional data.
-    const int64_t sample = std::min<int64_t>(k, EnvInt("HK_SAMPLE", 12));
+    const int64_t sample = std::min<int64_t>(k, 12);
     constexpr int kMaxRounds = 24;
-    const int kRpTrees = EnvInt("HK_TREES", 6);
+    constexpr int kRpTrees = 6;
     constexpr int64_t kRpLeafMin = 24;
     constexpr int64_t kRpLeafMax = 48;
     // Stop once fewer than this fraction of list entries change in a round.
-    const double kConvergedFraction = EnvInt("HK_DELTA_PERMILLE", 10) / 1000.0;
+    constexpr double kConvergedFraction = 0.01;
 
-    const auto nnd_start = std::chrono::steady_clock::now();
     std::vector<int32_t>& ids = *ids_out;
     std::vector<float>& dists = *dists_out;
     ids.assign(n_ * k, -1);
@@ -215,19 +193,27 @@ class Builder {
     std::unique_ptr<std::atomic<bool>[]> locks(new std::atomic<bool>[n_]);
     for (int64_t i = 0; i < n_; ++i) locks[i].store(false, std::memory_order_relaxed);
 
-    // Random initial lists, each from its own seeded stream.
+    // Random initial lists, each from its own seeded stream. Ids are drawn in batches and
+    // deduplicated by sorting (the list is sorted by distance afterwards anyway), so a
+    // list costs O(k log k) whatever k is.
     parallel_for_(n_, k * data_.dim * 3, [&](int64_t begin, int64_t end) {
       std::vector<Neighbour> init;
+      std::vector<int32_t> drawn;
       for (int64_t v = begin; v < end; ++v) {
         Rng rng(opt_.seed ^ Mix(0xA11CE000ULL + static_cast<uint64_t>(v)));
-        init.clear();
-        while (static_cast<int64_t>(init.size()) < k) {
-          const int32_t u = static_cast<int32_t>(rng.Below(n_));
-          if (u == v) continue;
-          bool seen = false;
-          for (const Neighbour& x : init) seen |= (x.id == u);
-          if (!seen) init.push_back({0.f, u});
+        drawn.clear();
+        while (static_cast<int64_t>(drawn.size()) < k) {
+          const int64_t missing = k - static_cast<int64_t>(drawn.size());
+          for (int64_t i = 0; i < missing; ++i) {
+            // Uniform over the n - 1 other vertices.
+            const int64_t u = static_cast<int64_t>(rng.Below(n_ - 1));
+            drawn.push_back(static_cast<int32_t>(u >= v ? u + 1 : u));
+          }
+          std::sort(drawn.begin(), drawn.end());
+          drawn.erase(std::unique(drawn.begin(), drawn.end()), drawn.end());
         }
+        init.clear();
+        for (const int32_t u : drawn) init.push_back({0.f, u});
         for (Neighbour& x : init) x.distance = Dist(v, x.id);
         std::sort(init.begin(), init.end());
         for (int64_t j = 0; j < k; ++j) {
@@ -342,7 +328,6 @@ class Builder {
         for (int64_t i = begin * k; i < end * k; ++i) flags[i] = 1;
       });
     }
-    if (std::getenv("HK_FANNG_DEBUG")) std::fprintf(stderr, "[fanng] rp init at %.2fs\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - nnd_start).count());
 
     for (int round = 0; round < kMaxRounds; ++round) {
       // Sample: the nearest `sample` new entries (then marked old, as they are about to
@@ -412,7 +397,6 @@ class Builder {
         }
         changed.fetch_add(local, std::memory_order_relaxed);
       });
-      if (std::getenv("HK_FANNG_DEBUG")) std::fprintf(stderr, "[fanng] round %d changed %ld at %.2fs\n", round, (long)changed.load(), std::chrono::duration<double>(std::chrono::steady_clock::now() - nnd_start).count());
       if (static_cast<double>(changed.load()) <= kConvergedFraction * static_cast<double>(n_ * k)) break;
     }
   }
@@ -534,10 +518,15 @@ class Builder {
   // ---------------------------------------------------------------- 4. traverse-add
   // Greedy walk from the entry towards vertex t: move to the neighbour closest to t while
   // that strictly improves. Returns the vertex where the walk stops, or -1 when it reaches t.
-  int32_t GreedyStuck(int32_t t) const {
+  //
+  // Walks on a sensible graph take tens of steps; the cap only bounds degenerate ones
+  // (max_degree 1 or 2 can make long chains). A capped walk reports where it stopped,
+  // which AddEdge treats like any other stop (it re-checks occlusion).
+  int32_t GreedyStuck(int32_t t, int max_steps = 1024) const {
     int32_t current = entry_;
     float current_d = Dist(current, t);
-    while (current != t) {
+    for (int step = 0; current != t; ++step) {
+      if (step == max_steps) return current;
       int32_t best = current;
       float best_d = current_d;
       const int32_t* row = graph_.data() + static_cast<int64_t>(current) * m_;
@@ -675,30 +664,72 @@ class Builder {
       }
     };
     grow(entry_);
+    auto has_slack = [&](int32_t v) {
+      if (degree_[v] < m_) return true;
+      for (int32_t j = 0; j < degree_[v]; ++j) {
+        if (!protect[static_cast<int64_t>(v) * m_ + j]) return true;
+      }
+      return false;
+    };
+    // Fallback search for a reached vertex with a free or unprotected slot. First a short
+    // depth-first walk from s: following edges downwards soon meets a tree leaf, whose
+    // edges are all unprotected. Failing that (long chains when max_degree is tiny), the
+    // nearest vertex on a list of reached vertices that may have room; a vertex whose
+    // slots are all tree edges never regains one (tree edges are never removed), so such
+    // vertices leave the list for good when met.
+    constexpr size_t kLocalSearch = 4096;
+    std::vector<uint32_t> seen(n_, 0);
+    uint32_t epoch = 0;
+    std::vector<int32_t> stack;
+    std::vector<int32_t> slack(queue.begin(), queue.end());
+    auto find_slack = [&](int32_t start, int32_t target) {
+      ++epoch;
+      stack.assign(1, start);
+      seen[start] = epoch;
+      for (size_t visited = 0; !stack.empty() && visited < kLocalSearch; ++visited) {
+        const int32_t v = stack.back();
+        stack.pop_back();
+        if (has_slack(v)) return v;
+        for (int32_t j = degree_[v] - 1; j >= 0; --j) {
+          const int32_t u = graph_[static_cast<int64_t>(v) * m_ + j];
+          if (seen[u] != epoch) {
+            seen[u] = epoch;
+            stack.push_back(u);
+          }
+        }
+      }
+      int32_t best = -1;
+      float best_d = kInf;
+      size_t kept = 0;
+      for (const int32_t v : slack) {
+        if (!has_slack(v)) continue;
+        slack[kept++] = v;
+        const float d = Dist(v, target);
+        if (best < 0 || Closer(d, v, best_d, best)) {
+          best = v;
+          best_d = d;
+        }
+      }
+      slack.resize(kept);
+      return best;
+    };
     for (int64_t t = 0; t < n_ && static_cast<int64_t>(queue.size()) < n_; ++t) {
       if (reached[t]) continue;
       const int32_t target = static_cast<int32_t>(t);
-      const int32_t s = GreedyStuck(target);
+      // A shorter walk than in refinement: here any reached vertex will do, and the
+      // graphs that leave many vertices unreached (tiny max_degree) make long walks.
+      const int32_t s = GreedyStuck(target, 64);
       if (s < 0 || !AddEdge(s, target, &protect)) {
-        // Rare: every edge of s is a tree edge. Take the nearest reached vertex that has
-        // a free or unprotected slot.
-        int32_t best = -1;
-        float best_d = kInf;
-        for (int64_t v = 0; v < n_; ++v) {
-          if (!reached[v]) continue;
-          bool has_slot = degree_[v] < m_;
-          for (int32_t j = 0; j < degree_[v] && !has_slot; ++j) has_slot = !protect[v * m_ + j];
-          if (!has_slot) continue;
-          const float d = Dist(v, target);
-          if (best < 0 || Closer(d, static_cast<int32_t>(v), best_d, best)) {
-            best = static_cast<int32_t>(v);
-            best_d = d;
-          }
-        }
-        if (best < 0 || !AddEdge(best, target, &protect)) continue;  // unreachable by the count above
+        // Every edge of s is a tree edge (rare unless max_degree is tiny). With r reached
+        // vertices there are r - 1 tree edges but r * max_degree slots, so some reached
+        // vertex has room.
+        const int32_t other = find_slack(s < 0 ? entry_ : s, target);
+        if (other < 0 || !AddEdge(other, target, &protect)) continue;  // impossible by the count above
       }
       // AddEdge flagged s->t as protected: it is t's tree edge. Grow the tree from t.
+      const size_t before = queue.size();
       grow(target);
+      slack.insert(slack.end(), queue.begin() + before, queue.end());
     }
   }
 

@@ -53,7 +53,7 @@ struct BuildOptions {
   int max_degree = 32;
   Metric metric = Metric::kL2;
   uint64_t seed = 0;
-  int candidates = 0;         // kNN list length per vertex; 0 picks a default from max_degree
+  int candidates = 0;         // candidate list length before pruning (half kNN, half reverse); 0: auto
   int refine_iterations = 1;  // traverse-add passes over all vertices
   bool connect = true;        // make every vertex reachable from the entry
 };

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdint>
 #include <limits>
+#include <new>
 #include <string>
 
 #include "fanng_core.h"
@@ -42,6 +43,8 @@ using ::tensorflow::shape_inference::ShapeHandle;
 constexpr int64_t kMaxRows = std::numeric_limits<int32_t>::max() - 1;
 // Rows are edited in fixed stack buffers during the build (fanng_build.cc).
 constexpr int64_t kMaxDegree = 1024;
+// Candidate lists cost n * candidates entries of memory during the build.
+constexpr int64_t kMaxCandidates = 4096;
 
 absl::Status ParseMetric(const std::string& name, Metric* metric) {
   if (name == "l2") {
@@ -117,8 +120,9 @@ entry: the vertex nearest to the mean of the vectors; searches start there.
 max_degree: most out-edges per vertex (at most 1024).
 metric: 'l2' (squared Euclidean distance) or 'ip' (negative inner product).
 seed: makes the build reproducible; the result does not depend on the thread count.
-candidates: approximate nearest neighbours gathered per vertex before occlusion pruning
-  (0: max(2 * max_degree, 16)).
+candidates: length of each vertex's candidate list before occlusion pruning: its
+  ceil(candidates / 2) (approximate) nearest neighbours plus up to as many reverse
+  neighbours (0: max(2 * max_degree, 32); at most 4096).
 refine_iterations: traverse-add passes (each walks from the entry to every vertex).
 connect: add edges so that every vertex is reachable from `entry`.
 )doc");
@@ -137,8 +141,8 @@ class FanngBuildOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ParseMetric(metric, &options_.metric));
     OP_REQUIRES(ctx, max_degree >= 1 && max_degree <= kMaxDegree,
                 InvalidArgument("max_degree must be in [1, ", kMaxDegree, "], got ", max_degree));
-    OP_REQUIRES(ctx, candidates >= 0 && candidates <= 16 * kMaxDegree,
-                InvalidArgument("candidates must be in [0, ", 16 * kMaxDegree, "] (0 = automatic), got ", candidates));
+    OP_REQUIRES(ctx, candidates >= 0 && candidates <= kMaxCandidates,
+                InvalidArgument("candidates must be in [0, ", kMaxCandidates, "] (0 = automatic), got ", candidates));
     OP_REQUIRES(ctx, refine_iterations >= 0 && refine_iterations <= 1000,
                 InvalidArgument("refine_iterations must be in [0, 1000], got ", refine_iterations));
     options_.max_degree = static_cast<int>(max_degree);
@@ -164,7 +168,14 @@ class FanngBuildOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({n, options_.max_degree}), &neighbours));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &entry));
     const Dataset dataset{data, n, dim, GetDistanceFn(options_.metric)};
-    BuildGraph(dataset, options_, parallel_for, neighbours->flat<int32_t>().data(), entry->flat<int32_t>().data());
+    // The build allocates O(n * candidates) working memory; running out must surface as
+    // an error, not terminate the process.
+    try {
+      BuildGraph(dataset, options_, parallel_for, neighbours->flat<int32_t>().data(), entry->flat<int32_t>().data());
+    } catch (const std::bad_alloc&) {
+      ctx->SetStatus(tensorflow::errors::ResourceExhausted("out of memory building a FANNG graph over ", n,
+                                                           " vectors with candidates=", options_.candidates));
+    }
   }
 
  private:
@@ -292,11 +303,18 @@ class FanngSearchOp : public OpKernel {
     int32_t* ids_out = ids->flat<int32_t>().data();
     float* dist_out = distances->flat<float>().data();
     const int64_t effective_budget = std::min<int64_t>(budget, n);
+    // Scratch buffers grow to O(n + budget) per thread; an allocation failure is reported,
+    // never allowed to escape the kernel.
+    std::atomic<bool> out_of_memory(false);
     auto search_range = [&](int64_t begin, int64_t end) {
-      SearchScratch& scratch = ThreadLocalSearchScratch();
-      for (int64_t i = begin; i < end; ++i) {
-        SearchOne(dataset, graph, m, entry, query_data + i * dim, k, effective_budget, scratch, ids_out + i * k,
-                  dist_out + i * k);
+      try {
+        SearchScratch& scratch = ThreadLocalSearchScratch();
+        for (int64_t i = begin; i < end; ++i) {
+          SearchOne(dataset, graph, m, entry, query_data + i * dim, k, effective_budget, scratch, ids_out + i * k,
+                    dist_out + i * k);
+        }
+      } catch (const std::bad_alloc&) {
+        out_of_memory.store(true);
       }
     };
     if (q == 1) {
@@ -305,6 +323,8 @@ class FanngSearchOp : public OpKernel {
       // Rough cycles per query: the budget's distances plus heap work.
       parallel_for(q, effective_budget * (dim + 40), search_range);
     }
+    OP_REQUIRES(ctx, !out_of_memory.load(),
+                tensorflow::errors::ResourceExhausted("out of memory for FANNG search buffers"));
   }
 
  private:
