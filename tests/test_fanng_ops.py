@@ -283,6 +283,7 @@ def test_same_seed_same_graph(clustered_index):
     assert not np.array_equal(other.numpy(), neighbours)  # the seed does drive the build
 
 
+@pytest.mark.slow
 def test_graph_independent_of_thread_count(module, tmp_path):
     """NN-descent (n > 5000) and refinement give the same graph on 1 and on 3 threads."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
@@ -415,6 +416,7 @@ def test_fuzz_bad_inputs_raise_not_crash(module):
         dict(neighbours=too_big),
         dict(neighbours=too_small),
         dict(neighbours=int_max),
+        dict(neighbours=np.full((40, 65536), -1, np.int32)),  # more columns than a cursor holds
         dict(vectors=nan_vectors),
         dict(vectors=np.where(vectors > 1, np.inf, vectors).astype(np.float32)),
         dict(queries=inf_queries),
@@ -482,6 +484,27 @@ def test_fuzz_bad_inputs_raise_not_crash(module):
             raw_search(**args)
         except (tf.errors.InvalidArgumentError, TypeError, ValueError):
             pass
+
+
+def test_skipping_the_vector_scan_is_still_safe():
+    vectors, _ = clustered(300, 8, clusters=3, seed=41)
+    neighbours, entry = ops.build_graph(vectors, max_degree=8)
+    queries = vectors[:5] + 0.1
+    checked = ops.search(vectors, neighbours, entry, queries, k=5, budget=300)
+    unchecked = ops.search(vectors, neighbours, entry, queries, k=5, budget=300, check_vectors=False)
+    np.testing.assert_array_equal(checked[0].numpy(), unchecked[0].numpy())
+    # NaN rows are then only "infinitely far", never a crash or an out-of-bounds read.
+    broken = vectors.copy()
+    broken[::2] = np.nan
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN"):
+        ops.search(broken, neighbours, entry, queries, k=5, budget=300)
+    ids, distances = ops.search(broken, neighbours, entry, queries, k=5, budget=300, check_vectors=False)
+    assert ids.shape == (5, 5) and not np.isnan(distances.numpy()).any()
+    # Out-of-range ids are rejected whatever check_vectors says.
+    bad = neighbours.numpy().copy()
+    bad[3, 0] = 300
+    with pytest.raises(tf.errors.InvalidArgumentError, match="neighbours ids"):
+        ops.search(vectors, bad, entry, queries, k=5, budget=300, check_vectors=False)
 
 
 def test_huge_finite_values_do_not_break_ordering():

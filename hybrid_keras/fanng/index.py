@@ -66,6 +66,7 @@ class FanngIndex:
         self.neighbours = np.zeros((0, self.max_degree), np.int32)
         self.entry = 0
         self._built_rows = 0  # rows covered by the graph; later rows are pending
+        self._tensors = None  # (vectors, neighbours) as TF tensors, so searches do not copy the index
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ properties
@@ -112,6 +113,7 @@ class FanngIndex:
         if len(ids) != len(vectors):
             raise ValueError(f"{len(vectors)} vectors but {len(ids)} ids")
         with self._lock:
+            self._tensors = None
             self.vectors = np.concatenate([self.vectors, vectors])
             self.ids = np.concatenate([self.ids, ids])
             self.neighbours = np.concatenate([self.neighbours, np.full((len(vectors), self.max_degree), -1, np.int32)])
@@ -143,6 +145,7 @@ class FanngIndex:
             done.set()
         self.neighbours, self.entry = neighbours.numpy(), int(entry.numpy())
         self._built_rows = len(self.vectors)
+        self._tensors = None
         if show:
             print(f"\r[fanng] built a graph over {len(self.vectors):,} vectors in "
                   f"{time.perf_counter() - started:.1f} s" + " " * 20, file=sys.stderr, flush=True)
@@ -183,13 +186,15 @@ class FanngIndex:
             graph_rows = vertex  # rows already linked: the built graph plus earlier insertions
             k = min(pool, graph_rows)
             ids, _ = ops.search(self.vectors[:graph_rows], self.neighbours[:graph_rows], self.entry,
-                                self.vectors[vertex][None], k=k, budget=max(16 * k, 256), metric=self.op_metric)
+                                self.vectors[vertex][None], k=k, budget=max(16 * k, 256), metric=self.op_metric,
+                                check_vectors=False)
             edges = self._prune(vertex, ids.numpy()[0])
             self._set_edges(vertex, edges)
             for neighbour in edges:  # reverse edges, re-pruned so the neighbour's list stays sparse
                 current = self.neighbours[neighbour]
                 self._set_edges(neighbour, self._prune(int(neighbour), np.append(current[current >= 0], vertex)))
         self._built_rows = end
+        self._tensors = None
 
     # ------------------------------------------------------------------ searching
     def search(self, queries, k: int = 10, budget: int | None = None):
@@ -211,8 +216,17 @@ class FanngIndex:
                     self._build_locked()
                 elif not self.is_built:
                     self._insert_pending()
-        rows, distances = ops.search(self.vectors, self.neighbours, self.entry, queries, k=int(k),
-                                     budget=min(budget, np.iinfo(np.int32).max), metric=self.op_metric)
+        with self._lock:
+            if self._tensors is None:
+                import tensorflow as tf
+
+                self._tensors = (tf.constant(self.vectors), tf.constant(self.neighbours))
+            vectors, neighbours = self._tensors
+        # The stored vectors were checked for NaN/inf when added; rescanning the whole
+        # index on every call would cost more than a small batch of queries.
+        rows, distances = ops.search(vectors, neighbours, self.entry, queries, k=int(k),
+                                     budget=min(budget, np.iinfo(np.int32).max), metric=self.op_metric,
+                                     check_vectors=False)
         rows, distances = rows.numpy(), distances.numpy()
         ids = np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1)
         if self.metric != "l2":  # the op's -<q, x> becomes hnswlib's 1 - <q, x>
@@ -271,6 +285,9 @@ class FanngIndex:
         index.neighbours = np.frombuffer(payload, np.int32, size * degree, vector_bytes).reshape(size, degree).copy()
         index.ids = np.frombuffer(payload, np.int64, size, vector_bytes + neighbour_bytes).copy()
         index.entry, index._built_rows = int(header["entry"]), size
+        if size and (index.neighbours.min() < -1 or index.neighbours.max() >= size or not 0 <= index.entry < size
+                     or not np.all(np.isfinite(index.vectors))):
+            raise IndexFormatError(f"{path}: the arrays are inconsistent (neighbour ids, entry or non-finite vectors)")
         return index
 
 

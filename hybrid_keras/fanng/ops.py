@@ -21,7 +21,9 @@ from hybrid_keras.fanng.build import LIBRARY_PATH
 
 METRICS = ("l2", "ip")
 
-_BUILD_HINT = "run `python -m hybrid_keras.fanng.build` (or `./dev.sh setup`) to compile it for the installed TensorFlow"
+_BUILD_HINT = (
+    "run `python -m hybrid_keras.fanng.build` (or `./dev.sh setup`) to compile it for the installed TensorFlow"
+)
 _load_lock = threading.Lock()
 
 
@@ -118,12 +120,16 @@ def build_graph(vectors, max_degree: int = 32, metric: str = "l2", seed: int = 0
     )
 
 
-def search(vectors, neighbours, entry, queries, k: int = 10, budget: int = 1000, metric: str = "l2"):
+def search(vectors, neighbours, entry, queries, k: int = 10, budget: int = 1000, metric: str = "l2",
+           check_vectors: bool = True):
     """Approximate k nearest rows of ``vectors`` for each row of ``queries``.
 
     ``budget`` caps the distance computations per query (a budget >= N is exhaustive over
     everything reachable from ``entry``). Returns ``(ids, distances)``, int32 and float32
     [Q, k], nearest first, padded with -1 / +inf when fewer than k were found.
+    ``check_vectors=False`` skips the per-call NaN/inf scan of all of ``vectors`` (it reads
+    the whole index, which dominates calls with few queries); use it only for vectors that
+    were already checked, e.g. by ``build_graph``. All other checks always run.
     """
     module = load_library()
     return module.hybrid_keras_fanng_search(
@@ -134,4 +140,5 @@ def search(vectors, neighbours, entry, queries, k: int = 10, budget: int = 1000,
         k=_int_tensor(k, "k", 0),
         budget=_int_tensor(budget, "budget", 0),
         metric=_check_metric(metric),
+        check_vectors=bool(check_vectors),
     )

@@ -32,6 +32,9 @@ DistanceFn GetDistanceFn(Metric metric);
 // large index on every search call stays cheap next to the search itself.
 bool AllFinite(const float* values, int64_t count);
 
+// True when every id is in [-1, limit): the neighbour table's valid range.
+bool IdsInRange(const int32_t* ids, int64_t count, int32_t limit);
+
 // fn(begin, end) is called for disjoint ranges covering [0, total), possibly on several
 // threads at once. Every parallel step of the build is written so that its result does
 // not depend on how the range is split or on thread timing, which is what makes a build

