@@ -133,12 +133,17 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-rows", type=int, default=20_000)
     parser.add_argument("--quick", action="store_true", help="10 and 100 trees, depths 4 and 8 only")
+    parser.add_argument("--trees", default=None, help="comma-separated tree counts (default 10,100,300)")
+    parser.add_argument("--depths", default=None, help="comma-separated depth caps (default 4,8,16,24)")
+    parser.add_argument("--name", default="forest_throughput", help="results file name (JSON and PNG)")
     args = parser.parse_args(argv)
 
     x_train, y_train = synthetic(args.train_rows, seed=0)
     x_test, _ = synthetic(10_000, seed=1)
     trees_grid = (10, 100) if args.quick else (10, 100, 300)
     depth_grid = (4, 8) if args.quick else (4, 8, 16, 24)
+    trees_grid = tuple(int(t) for t in args.trees.split(",")) if args.trees else trees_grid
+    depth_grid = tuple(int(d) for d in args.depths.split(",")) if args.depths else depth_grid
     cases = [measure_case(t, d, x_train, y_train, x_test, args.repeats) for t in trees_grid for d in depth_grid
              if not (d == 4 and t == 300)]
     pixels = per_pixel(100, 16, x_train, y_train, max(2, args.repeats // 2))
@@ -146,8 +151,8 @@ def main(argv=None) -> int:
           f"{pixels['layer_pixels_per_s']:,.0f} px/s, ratio to TF-DF {pixels['ratio']:.2f}")
     results = {"machine": machine(), "features": FEATURES, "classes": CLASSES, "train_rows": args.train_rows,
                "cases": cases, "per_pixel": pixels}
-    write_json(args.out / "forest_throughput.json", results)
-    plot(results, args.out / "forest_throughput.png")
+    write_json(args.out / f"{args.name}.json", results)
+    plot(results, args.out / f"{args.name}.png")
     return 0
 
 
