@@ -102,8 +102,8 @@ def run_demo(out_dir: str = "saved_models/demo", quick: bool = False, seed: int 
     forest_model = train_forest(features, feature_labels, num_trees=100 if not quick else 20, max_depth=16, verbose=0)
     forest = ForestLayer.from_model(forest_model, mode="log_sum", num_classes=KNOWN_CLASSES, name="forest_head")
     results["forest_train_seconds"] = round(time.time() - forest_start, 1)
-    hybrid = keras.Model(model.input, [model.output, forest(pooled)], name="mobilenet_v2_hybrid")
-    softmax_probabilities, forest_probabilities = hybrid.predict(x_test, batch_size=256, verbose=0)
+    forest_classifier = keras.Model(model.input, forest(pooled), name="mobilenet_v2_forest")
+    forest_probabilities = forest_classifier.predict(x_test, batch_size=256, verbose=0)
     results["forest_test_accuracy"] = float(np.mean(forest_probabilities.argmax(-1) == test_y[known_test]))
     print(f"forest head ({forest.num_trees} trees, log_sum): test accuracy {results['forest_test_accuracy']:.4f} "
           f"({results['forest_train_seconds']} s of extraction and training) vs softmax {accuracy:.4f}")
