@@ -22,10 +22,6 @@ import tensorflow as tf
 from hybrid_keras.forest.compile import AGGREGATIONS, CompiledForest, compile_forest, gemm_arrays, traversal_table
 
 STRATEGIES = ("gather", "gemm")
-# Levels walked by every (row, tree) pair before the walk keeps only unfinished pairs,
-# re-selected every COMPACT_EVERY levels.
-DENSE_STEPS = 8
-COMPACT_EVERY = 3
 
 _GEMM_WEIGHTS = ("select", "threshold", "missing_positive", "paths", "path_lengths")
 
@@ -172,41 +168,18 @@ class ForestLayer(keras.layers.Layer):
     def _gather_scores(self, rows, missing):
         batch = tf.shape(rows)[0]
         roots = tf.range(self.num_trees, dtype=tf.int32) * self.nodes_per_tree
-        node = tf.reshape(tf.tile(roots[None, :], [batch, 1]), [-1])  # one entry per (row, tree) pair
+        node = tf.tile(roots[None, :], [batch, 1])  # [rows, trees]
         # Reading x[row, feature] from the flat rows with one plain gather is cheaper
         # than a batched gather.
         flat_rows = tf.reshape(rows, [-1])
-        offsets = tf.repeat(tf.range(batch, dtype=tf.int32) * self.num_features, self.num_trees)
-        for _ in range(min(self.max_depth, DENSE_STEPS)):
-            node, _ = self._descend(node, offsets, flat_rows, missing)
-        if self.max_depth > DENSE_STEPS:
-            node = self._descend_unfinished(node, offsets, flat_rows, missing, self.max_depth - DENSE_STEPS)
-        leaves = tf.gather(self.leaf_values, tf.reshape(node, [batch, self.num_trees]))
-        return tf.reduce_sum(leaves, axis=1)  # [rows, outputs]
-
-    def _descend(self, node, offsets, flat_rows, missing):
-        """One level down for every pair; also says which pairs already sat on a leaf."""
-        info = tf.gather(self.nodes, node)  # [pairs, 4]
-        values = tf.gather(flat_rows, offsets + info[:, 0])
-        positive = self._goes_positive(values, tf.bitcast(info[:, 2], tf.float32), tf.cast(info[:, 3], tf.bool), missing)
-        at_leaf = tf.equal(info[:, 1], node)  # leaves are their own positive child
-        return info[:, 1] + 1 - tf.cast(positive, tf.int32), at_leaf
-
-    def _descend_unfinished(self, node, offsets, flat_rows, missing, steps):
-        """The deep tail: most pairs are on leaves by now, so keep walking only the rest.
-
-        Deep forests have a few long paths and many short ones; stepping every pair
-        to the maximum depth would waste most of the work.
-        """
-        pairs = tf.range(tf.shape(node)[0])
-        active_node, active_offsets = node, offsets
-        for step in range(steps):
-            active_node, at_leaf = self._descend(active_node, active_offsets, flat_rows, missing)
-            if step % COMPACT_EVERY == 0 and step + 1 < steps:
-                keep = tf.where(tf.logical_not(at_leaf))[:, 0]
-                node = tf.tensor_scatter_nd_update(node, pairs[:, None], active_node)
-                pairs, active_node, active_offsets = (tf.gather(t, keep) for t in (pairs, active_node, active_offsets))
-        return tf.tensor_scatter_nd_update(node, pairs[:, None], active_node)
+        row_offsets = (tf.range(batch, dtype=tf.int32) * self.num_features)[:, None]
+        for _ in range(self.max_depth):
+            info = tf.gather(self.nodes, node)  # [rows, trees, 4]
+            values = tf.gather(flat_rows, row_offsets + info[..., 0])
+            threshold = tf.bitcast(info[..., 2], tf.float32)
+            positive = self._goes_positive(values, threshold, tf.cast(info[..., 3], tf.bool), missing)
+            node = info[..., 1] + 1 - tf.cast(positive, tf.int32)
+        return tf.reduce_sum(tf.gather(self.leaf_values, node), axis=1)  # [rows, outputs]
 
     def _gemm_scores(self, rows, missing):
         values = tf.gather(rows, self.select, axis=1)  # [rows, trees, internal]
