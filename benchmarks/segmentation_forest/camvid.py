@@ -121,45 +121,39 @@ def predict_masks(model, inputs, batch_size=8) -> np.ndarray:
                            for i in range(0, len(inputs), batch_size)]).astype(np.int32)
 
 
-class MeanIoUStopping:
-    """Early stopping on validation mean IoU (Keras's callbacks track losses, not IoU)."""
+def mean_iou_stopping(inputs, masks, patience):
+    """Early stopping on validation mean IoU (Keras's callbacks track losses, not IoU); keeps the best weights."""
+    import keras
 
-    def __init__(self, model, inputs, masks, patience):
-        import keras
+    class MeanIoUStopping(keras.callbacks.Callback):
+        best, best_weights, wait = -1.0, None, 0
 
-        outer = self
+        def on_epoch_end(self, epoch, logs=None):
+            value = scores(confusion(predict_masks(self.model, inputs), masks))["mean_iou"]
+            print(f"  epoch {epoch + 1}: val mean IoU {value:.3f}", flush=True)
+            if value > self.best:
+                self.best, self.best_weights, self.wait = value, self.model.get_weights(), 0
+            else:
+                self.wait += 1
+                self.model.stop_training = self.wait >= patience
 
-        class Callback(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                value = scores(confusion(predict_masks(model, inputs), masks))["mean_iou"]
-                print(f"  epoch {epoch + 1}: val mean IoU {value:.3f}", flush=True)
-                if value > outer.best:
-                    outer.best, outer.best_weights, outer.wait = value, model.get_weights(), 0
-                else:
-                    outer.wait += 1
-                    if outer.wait >= patience:
-                        self.model.stop_training = True
+        def on_train_end(self, logs=None):
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
 
-        self.best, self.best_weights, self.wait = -1.0, None, 0
-        self.callback = Callback()
-
-    def restore(self, model):
-        if self.best_weights is not None:
-            model.set_weights(self.best_weights)
+    return MeanIoUStopping()
 
 
 def fit_to_convergence(model, x, masks, val_x, val_masks, *, epochs, learning_rate, patience, batch_size=8):
     import keras
 
     weights, labels = weights_for(masks)
-    stopping = MeanIoUStopping(model, val_x, val_masks, patience)
+    stopping = mean_iou_stopping(val_x, val_masks, patience)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
     start = time.perf_counter()
     model.fit(x, labels, sample_weight=weights, epochs=epochs, batch_size=batch_size, shuffle=True,
-              callbacks=[stopping.callback], verbose=0)
-    seconds = time.perf_counter() - start
-    stopping.restore(model)
-    return seconds, stopping.best
+              callbacks=[stopping], verbose=0)
+    return time.perf_counter() - start, stopping.best
 
 
 def overlay_figure(images, masks, predictions: dict, palette: np.ndarray, path: Path):

@@ -138,8 +138,7 @@ class KNNClassifier(keras.layers.Layer):
             raise ValueError(f"KNNClassifier stores {self.dim}-D embeddings but the input has {input_shape[-1]} dims")
         self.built = True
 
-    def _neighbours(self, queries, k):
-        count = tf.convert_to_tensor(self.count)
+    def _neighbours(self, queries, k, count):
         vectors = tf.convert_to_tensor(self.embeddings)[:count]
         if self.backend == "exact":
             squared = (tf.reduce_sum(queries * queries, 1, keepdims=True) - 2.0 * tf.matmul(queries, vectors, transpose_b=True)
@@ -151,7 +150,8 @@ class KNNClassifier(keras.layers.Layer):
         rows, distances = ops.load_library().hybrid_keras_fanng_search(
             vectors=vectors, neighbours=tf.convert_to_tensor(self.neighbours)[:count],
             entry=tf.convert_to_tensor(self.entry), queries=queries,
-            k=k, budget=tf.constant(self.budget, tf.int32), metric="l2")
+            k=k, budget=tf.constant(self.budget, tf.int32), metric="l2",
+            check_vectors=False)  # add_examples checked them; rescanning every call costs more than the search
         return rows, distances
 
     def call(self, inputs):
@@ -162,7 +162,7 @@ class KNNClassifier(keras.layers.Layer):
         count = tf.convert_to_tensor(self.count)
         tf.debugging.assert_positive(count, message="KNNClassifier holds no examples: call add_examples first")
         k = tf.minimum(self.k, count)
-        rows, squared = self._neighbours(queries, k)
+        rows, squared = self._neighbours(queries, k, count)
         found = rows >= 0  # the graph search pads with -1 when it finds fewer than k
         # Subtracting the nearest distance first keeps exp() from underflowing to 0/0;
         # the common factor cancels in the normalisation.

@@ -280,8 +280,8 @@ def gemm_arrays(forest: CompiledForest) -> dict[str, np.ndarray]:
     """
     T, M = forest.num_trees, forest.nodes_per_tree
     internal = [[n for n in range(M) if forest.positive[t * M + n] != t * M + n] for t in range(T)]
-    leaves = [[n for n in range(M) if forest.positive[t * M + n] == t * M + n and (n == 0 or _reachable(forest, t, n))]
-              for t in range(T)]
+    leaves = [[n for n in range(M) if forest.positive[t * M + n] == t * M + n and (n == 0 or t * M + n in children)]
+              for t, children in ((t, _child_slots(forest, t)) for t in range(T))]
     I = max(1, max(len(x) for x in internal))
     L = max(len(x) for x in leaves)
     outputs = forest.leaf_values.shape[1]
@@ -324,8 +324,7 @@ def _leaves_under(forest: CompiledForest, t: int, node: int) -> list[int]:
     return found
 
 
-def _reachable(forest: CompiledForest, t: int, node: int) -> bool:
-    """Padding slots are self-looping 'leaves' no parent points to."""
-    base = t * forest.nodes_per_tree
-    children = set(forest.positive[base: base + forest.nodes_per_tree]) | set(forest.negative[base: base + forest.nodes_per_tree])
-    return base + node in children
+def _child_slots(forest: CompiledForest, t: int) -> set:
+    """Flat indices some node of tree t points to; padding slots (self-looping 'leaves') are not among them."""
+    span = slice(t * forest.nodes_per_tree, (t + 1) * forest.nodes_per_tree)
+    return set(forest.positive[span].tolist()) | set(forest.negative[span].tolist())
