@@ -37,6 +37,11 @@ def test_search_matches_brute_force(data):
     ids, distances = index.search(queries, k=10, budget=1500)  # half the data: "generous"
     truth, true_distances = _brute_force(vectors, queries, 10)
     assert _recall(ids, truth) >= 0.99
+    # The queries come from other clusters than the data (far from every point), the hard
+    # case for a graph; the default pool (ef 64) still finds most neighbours, a larger one all.
+    default_ids, _ = index.search(queries, k=10)
+    assert _recall(default_ids, truth) >= 0.9
+    assert _recall(index.search(queries, k=10, ef=300)[0], truth) >= 0.99
     exact_ids, exact_distances = index.search(queries, k=10, budget=len(vectors))
     np.testing.assert_array_equal(exact_ids, truth)
     np.testing.assert_allclose(exact_distances, true_distances, rtol=1e-4, atol=1e-3)
@@ -119,5 +124,7 @@ def test_bad_input(data):
     index.add(vectors[:50])
     with pytest.raises(ValueError, match="k must be in"):
         index.search(vectors[:2], k=51)
+    with pytest.raises(ValueError, match="ef must be"):
+        index.search(vectors[:2], k=5, ef=0)
     with pytest.raises(ValueError, match="metric"):
         FanngIndex(4, metric="hamming")

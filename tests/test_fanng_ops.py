@@ -158,6 +158,33 @@ def test_exhaustive_budget_is_exact(clustered_index):
     np.testing.assert_allclose(distances, recomputed, rtol=1e-4, atol=1e-3)
 
 
+def test_pool_rule_recall_and_early_stop(clustered_index):
+    vectors, queries, neighbours, entry = clustered_index
+    truth, _ = brute_force(vectors, queries, 10)
+    recalls = [recall(ops.search(vectors, neighbours, entry, queries, k=10, budget=len(vectors), ef=ef)[0].numpy(),
+                      truth) for ef in (10, 100, 800)]
+    # Well-separated clusters are the hard case for a flat graph: finding the query's
+    # cluster takes a large pool here (real descriptors need far less, see benchmarks/ann).
+    assert recalls[0] <= recalls[1] <= recalls[2] and recalls[2] >= 0.99
+    # The rule stops well before the budget: the same ef under a budget it never reaches
+    # gives the same answers as under a budget of N.
+    capped, _ = ops.search(vectors, neighbours, entry, queries, k=10, budget=len(vectors), ef=40)
+    uncapped, _ = ops.search(vectors, neighbours, entry, queries, k=10, budget=2**31 - 1, ef=40)
+    np.testing.assert_array_equal(capped.numpy(), uncapped.numpy())
+    # A pool that can hold every vector never fills, so only the budget stops the search:
+    # exhaustive, like ef = 0.
+    whole, _ = ops.search(vectors, neighbours, entry, queries, k=10, budget=len(vectors), ef=len(vectors))
+    paper, _ = ops.search(vectors, neighbours, entry, queries, k=10, budget=len(vectors), ef=0)
+    np.testing.assert_array_equal(whole.numpy(), paper.numpy())
+
+
+def test_pool_smaller_than_k_is_raised_to_k(clustered_index):
+    vectors, queries, neighbours, entry = clustered_index
+    ids, distances = ops.search(vectors, neighbours, entry, queries, k=10, budget=len(vectors), ef=1)
+    assert np.all(ids.numpy() >= 0) and np.all(np.isfinite(distances.numpy()))
+    assert np.all(np.diff(distances.numpy(), axis=1) >= 0)
+
+
 def test_k_equal_n_returns_everything():
     vectors, _ = clustered(50, 8, clusters=3, seed=1)
     neighbours, entry = ops.build_graph(vectors, max_degree=6)
@@ -348,7 +375,7 @@ def test_ops_in_tf_function_have_static_shapes(clustered_index):
     @tf.function(input_signature=[tf.TensorSpec([None, 32], tf.float32)])
     def knn(q):
         return ops.load_library().hybrid_keras_fanng_search(
-            vectors=vectors, neighbours=neighbours, entry=entry, queries=q, k=5, budget=200)
+            vectors=vectors, neighbours=neighbours, entry=entry, queries=q, k=5, budget=200, ef=0)
 
     ids, distances = knn.get_concrete_function().structured_outputs
     assert ids.shape.as_list() == [None, 5] and distances.shape.as_list() == [None, 5]
@@ -381,7 +408,7 @@ def test_fuzz_bad_inputs_raise_not_crash(module):
     raw_search = module.hybrid_keras_fanng_search
     raw_build = module.hybrid_keras_fanng_build
     good = dict(vectors=vectors, neighbours=neighbours, entry=np.int32(entry), queries=queries,
-                k=np.int32(4), budget=np.int32(20))
+                k=np.int32(4), budget=np.int32(20), ef=np.int32(0))
     raw_search(**good)  # the baseline is valid
 
     def bad_search(**changes):
@@ -428,6 +455,9 @@ def test_fuzz_bad_inputs_raise_not_crash(module):
         dict(budget=np.int32(0)),
         dict(budget=np.int32(-1)),
         dict(budget=np.array([[5]], np.int32)),
+        dict(ef=np.int32(-1)),
+        dict(ef=np.array([8], np.int32)),
+        dict(ef=tf.constant(8, tf.int64)),
         dict(entry=np.int32(-1)),
         dict(entry=np.int32(40)),
         dict(entry=np.array([0], np.int32)),
@@ -464,6 +494,7 @@ def test_fuzz_bad_inputs_raise_not_crash(module):
         lambda: ops.search(vectors, neighbours, entry, queries, k=0),
         lambda: ops.search(vectors, neighbours, entry, queries, k=41),
         lambda: ops.search(vectors, neighbours, entry, queries, budget=0),
+        lambda: ops.search(vectors, neighbours, entry, queries, ef=-5),
         lambda: ops.search(vectors, neighbours, 99, queries),
         lambda: ops.search(vectors, neighbours, entry, queries, k=2**40),
         lambda: ops.search(vectors, too_big, entry, queries),

@@ -34,7 +34,7 @@ def test_kernel_matches_numpy(backend, rng):
     stored, labels, centres = _examples(rng)
     queries = (centres[rng.integers(0, 4, 30)] + 1.5 * rng.normal(size=(30, 16))).astype(np.float32)
     head = KNNClassifier.from_examples(stored, labels, num_classes=5, k=7, sigma=3.0, backend=backend,
-                                       budget=len(stored))
+                                       ef=0, budget=len(stored))  # exhaustive, so exact
     expected = _kernel_reference(stored, labels, queries, 7, 3.0, 5)
     np.testing.assert_allclose(head(queries).numpy(), expected, atol=1e-5)
 

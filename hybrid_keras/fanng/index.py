@@ -197,17 +197,26 @@ class FanngIndex:
         self._tensors = None
 
     # ------------------------------------------------------------------ searching
-    def search(self, queries, k: int = 10, budget: int | None = None):
+    def search(self, queries, k: int = 10, ef: int | None = None, budget: int | None = None):
         """The ``k`` nearest stored vectors of each query: ``(ids [Q, k] int64, distances [Q, k])``.
 
-        ``budget``: distance computations allowed per query (default ``max(64 k, 256)``);
-        more budget, higher recall; a budget of ``len(index)`` searches everything
-        reachable, i.e. exactly. Distances follow the metric (see the class docstring).
+        Two knobs trade speed for recall. ``ef`` (as in hnswlib): a query stops once no
+        unexplored vertex is closer than the ``max(ef, k)`` best it has seen, so easy
+        queries finish early; more ef, higher recall. ``budget``: a cap on the distance
+        computations per query. Given a budget and no ef, the budget is the only rule,
+        as in the paper (every query computes ``budget`` distances, and a budget of
+        ``len(index)`` searches everything reachable, i.e. exactly). Neither given: ef
+        ``max(64, k)``, no cap. Distances follow the metric (see the class docstring).
         """
         queries = self._checked(queries, "queries")
         if not 1 <= int(k) <= max(len(self), 1):
             raise ValueError(f"k must be in [1, {len(self)}] (the index size), got {k}")
-        budget = max(64 * int(k), 256) if budget is None else int(budget)
+        if ef is None:
+            ef = 0 if budget is not None else max(64, int(k))
+        elif int(ef) < 1:
+            raise ValueError(f"ef must be >= 1, got {ef}")
+        int32_max = int(np.iinfo(np.int32).max)
+        budget = int32_max if budget is None else int(budget)
         if budget < 1:
             raise ValueError(f"budget must be >= 1, got {budget}")
         if not self.is_built:
@@ -225,7 +234,7 @@ class FanngIndex:
         # The stored vectors were checked for NaN/inf when added; rescanning the whole
         # index on every call would cost more than a small batch of queries.
         rows, distances = ops.search(vectors, neighbours, self.entry, queries, k=int(k),
-                                     budget=min(budget, np.iinfo(np.int32).max), metric=self.op_metric,
+                                     budget=min(budget, int32_max), ef=min(int(ef), int32_max), metric=self.op_metric,
                                      check_vectors=False)
         rows, distances = rows.numpy(), distances.numpy()
         ids = np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1)

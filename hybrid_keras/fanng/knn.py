@@ -46,13 +46,14 @@ class KNNClassifier(keras.layers.Layer):
     """Gaussian-kernel kNN over stored (embedding, label) pairs: [batch, D] -> [batch, num_classes].
 
     ``sigma`` is the kernel width in embedding units; ``k`` the neighbours that vote;
-    ``budget`` the FANNG distance computations per query. ``metric="cosine"``
+    ``ef`` and ``budget`` the FANNG search's stopping rules (see ``FanngIndex.search``;
+    budget None: no cap). ``metric="cosine"``
     normalises embeddings and queries, so ||x - e||^2 = 2 - 2 cos.
     """
 
     def __init__(self, num_classes: int, dim: int, capacity: int, *, k: int = 10, sigma: float = 1.0,
-                 backend: str = "exact", metric: str = "l2", budget: int = 512, max_degree: int = 32, seed: int = 0,
-                 **kwargs):
+                 backend: str = "exact", metric: str = "l2", ef: int = 64, budget: int | None = None, max_degree: int = 32,
+                 seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -60,9 +61,12 @@ class KNNClassifier(keras.layers.Layer):
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         if int(k) < 1 or int(num_classes) < 1 or int(capacity) < 1 or float(sigma) <= 0:
             raise ValueError("k, num_classes and capacity must be >= 1 and sigma > 0")
+        if int(ef) < 0 or (budget is not None and int(budget) < 1):
+            raise ValueError(f"ef must be >= 0 and budget None or >= 1, got ef={ef}, budget={budget}")
         self.num_classes, self.dim, self.capacity = int(num_classes), int(dim), int(capacity)
         self.k, self.sigma, self.backend, self.metric = int(k), float(sigma), backend, metric
-        self.budget, self.max_degree, self.seed = int(budget), int(max_degree), int(seed)
+        self.ef, self.budget = int(ef), None if budget is None else int(budget)
+        self.max_degree, self.seed = int(max_degree), int(seed)
 
         def stored(name, shape, dtype, value="zeros"):
             return self.add_weight(name=name, shape=shape, dtype=dtype, initializer=value, trainable=False)
@@ -150,7 +154,8 @@ class KNNClassifier(keras.layers.Layer):
         rows, distances = ops.load_library().hybrid_keras_fanng_search(
             vectors=vectors, neighbours=tf.convert_to_tensor(self.neighbours)[:count],
             entry=tf.convert_to_tensor(self.entry), queries=queries,
-            k=k, budget=tf.constant(self.budget, tf.int32), metric="l2",
+            k=k, budget=tf.constant(np.iinfo(np.int32).max if self.budget is None else self.budget, tf.int32),
+            ef=tf.constant(self.ef, tf.int32), metric="l2",
             check_vectors=False)  # add_examples checked them; rescanning every call costs more than the search
         return rows, distances
 
@@ -178,6 +183,6 @@ class KNNClassifier(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(num_classes=self.num_classes, dim=self.dim, capacity=self.capacity, k=self.k, sigma=self.sigma,
-                      backend=self.backend, metric=self.metric, budget=self.budget, max_degree=self.max_degree,
+                      backend=self.backend, metric=self.metric, ef=self.ef, budget=self.budget, max_degree=self.max_degree,
                       seed=self.seed)
         return config

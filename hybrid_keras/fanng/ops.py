@@ -120,12 +120,14 @@ def build_graph(vectors, max_degree: int = 32, metric: str = "l2", seed: int = 0
     )
 
 
-def search(vectors, neighbours, entry, queries, k: int = 10, budget: int = 1000, metric: str = "l2",
+def search(vectors, neighbours, entry, queries, k: int = 10, budget: int = 1000, ef: int = 0, metric: str = "l2",
            check_vectors: bool = True):
     """Approximate k nearest rows of ``vectors`` for each row of ``queries``.
 
-    ``budget`` caps the distance computations per query (a budget >= N is exhaustive over
-    everything reachable from ``entry``). Returns ``(ids, distances)``, int32 and float32
+    ``budget`` caps the distance computations per query. With ``ef=0`` it is the only
+    stopping rule, as in the paper (a budget >= N is exhaustive over everything reachable
+    from ``entry``); ``ef > 0`` also stops a query once no unexplored vertex is closer than
+    the ``max(ef, k)`` best seen, like hnswlib's ``ef``. Returns ``(ids, distances)``, int32 and float32
     [Q, k], nearest first, padded with -1 / +inf when fewer than k were found.
     ``check_vectors=False`` skips the per-call NaN/inf scan of all of ``vectors`` (it reads
     the whole index, which dominates calls with few queries); use it only for vectors that
@@ -139,6 +141,7 @@ def search(vectors, neighbours, entry, queries, k: int = 10, budget: int = 1000,
         queries=_float_matrix(queries, "queries"),
         k=_int_tensor(k, "k", 0),
         budget=_int_tensor(budget, "budget", 0),
+        ef=_int_tensor(ef, "ef", 0),
         metric=_check_metric(metric),
         check_vectors=bool(check_vectors),
     )

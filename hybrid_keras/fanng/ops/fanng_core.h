@@ -71,10 +71,11 @@ struct SearchScratch;
 SearchScratch& ThreadLocalSearchScratch();
 
 // Backtracking best-first search for one query. Writes k ids (-1 padded) and k distances
-// (+inf padded), ascending.
+// (+inf padded), ascending. Stops after `budget` distances or, when ef > 0, once no
+// unexplored vertex is closer than the ef best seen (see fanng_search.cc).
 void SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degree, int32_t entry,
-               const float* query, int k, int64_t budget, SearchScratch& scratch, int32_t* ids_out,
-               float* distances_out);
+               const float* query, int k, int64_t budget, int64_t ef, SearchScratch& scratch,
+               int32_t* ids_out, float* distances_out);
 
 }  // namespace fanng
 }  // namespace hybrid_keras

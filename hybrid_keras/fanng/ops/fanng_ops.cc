@@ -195,6 +195,7 @@ REGISTER_OP("HybridKeras>FanngSearch")
     .Input("queries: float32")
     .Input("k: int32")
     .Input("budget: int32")
+    .Input("ef: int32")
     .Output("ids: int32")
     .Output("distances: float32")
     .Attr("metric: {'l2', 'ip'} = 'l2'")
@@ -207,6 +208,7 @@ REGISTER_OP("HybridKeras>FanngSearch")
       TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &queries));
       TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 0, &scalar));
       TF_RETURN_IF_ERROR(c->WithRank(c->input(5), 0, &scalar));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(6), 0, &scalar));
       DimensionHandle merged;
       TF_RETURN_IF_ERROR(c->Merge(c->Dim(vectors, 0), c->Dim(neighbours, 0), &merged));
       TF_RETURN_IF_ERROR(c->Merge(c->Dim(vectors, 1), c->Dim(queries, 1), &merged));
@@ -224,8 +226,11 @@ neighbours: [N, M] out-edges, shortest first; a row is read up to its first -1
   (M <= 65535).
 entry: the vertex every search starts from.
 k: results per query, 1 <= k <= N.
-budget: most distance computations per query (>= 1); a budget >= N searches everything
-  reachable from `entry`.
+budget: most distance computations per query (>= 1); with ef = 0 a budget >= N
+  searches everything reachable from `entry`.
+ef: 0 for the paper's rule (stop only at the budget), or the size of a pool of best
+  vertices (hnswlib's ef, raised to k if smaller): the search also stops once no vertex
+  with unexplored edges is closer than the pool's worst, so easy queries end early.
 ids: [Q, k] row indices into `vectors`, nearest first, -1 where fewer were found.
 distances: [Q, k] matching distances under `metric`, +inf padding.
 check_vectors: scan all of `vectors` for NaN/inf on every call. The scan reads the whole
@@ -251,6 +256,7 @@ class FanngSearchOp : public OpKernel {
     const Tensor& queries = ctx->input(3);
     const Tensor& k_t = ctx->input(4);
     const Tensor& budget_t = ctx->input(5);
+    const Tensor& ef_t = ctx->input(6);
 
     OP_REQUIRES_OK(ctx, ValidateVectors(vectors, "vectors"));
     const int64_t n = vectors.dim_size(0);
@@ -274,12 +280,16 @@ class FanngSearchOp : public OpKernel {
                 InvalidArgument("k must be an int32 scalar, got shape ", k_t.shape().DebugString()));
     OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(budget_t.shape()),
                 InvalidArgument("budget must be an int32 scalar, got shape ", budget_t.shape().DebugString()));
+    OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(ef_t.shape()),
+                InvalidArgument("ef must be an int32 scalar, got shape ", ef_t.shape().DebugString()));
     const int32_t entry = entry_t.scalar<int32_t>()();
     const int32_t k = k_t.scalar<int32_t>()();
     const int32_t budget = budget_t.scalar<int32_t>()();
+    const int32_t ef = ef_t.scalar<int32_t>()();
     OP_REQUIRES(ctx, entry >= 0 && entry < n, InvalidArgument("entry must be in [0, ", n, "), got ", entry));
     OP_REQUIRES(ctx, k >= 1 && k <= n, InvalidArgument("k must be in [1, ", n, "] (the number of vectors), got ", k));
     OP_REQUIRES(ctx, budget >= 1, InvalidArgument("budget must be >= 1, got ", budget));
+    OP_REQUIRES(ctx, ef >= 0, InvalidArgument("ef must be >= 0 (0: stop at the budget only), got ", ef));
 
     const int64_t m = neighbours.dim_size(1);
     OP_REQUIRES(ctx, m <= kMaxSearchDegree,
@@ -326,8 +336,8 @@ class FanngSearchOp : public OpKernel {
       try {
         SearchScratch& scratch = ThreadLocalSearchScratch();
         for (int64_t i = begin; i < end; ++i) {
-          SearchOne(dataset, graph, m, entry, query_data + i * dim, k, effective_budget, scratch, ids_out + i * k,
-                    dist_out + i * k);
+          SearchOne(dataset, graph, m, entry, query_data + i * dim, k, effective_budget, std::min<int64_t>(ef, n),
+                    scratch, ids_out + i * k, dist_out + i * k);
         }
       } catch (const std::bad_alloc&) {
         out_of_memory.store(true);
@@ -336,8 +346,11 @@ class FanngSearchOp : public OpKernel {
     if (q == 1) {
       search_range(0, 1);
     } else {
-      // Rough cycles per query: the budget's distances plus heap work.
-      parallel_for(q, effective_budget * (dim + 40), search_range);
+      // Rough cycles per query: the distances it computes plus heap work. Under the pool
+      // rule a query typically computes a few dozen distances per pool entry.
+      const int64_t expected = ef > 0 ? std::min<int64_t>(effective_budget, 20 * static_cast<int64_t>(ef) + 100)
+                                      : effective_budget;
+      parallel_for(q, expected * (dim + 40), search_range);
     }
     OP_REQUIRES(ctx, !out_of_memory.load(),
                 tensorflow::errors::ResourceExhausted("out of memory for FANNG search buffers"));

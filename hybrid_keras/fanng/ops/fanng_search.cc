@@ -5,9 +5,15 @@
 // unexplored edge and follows its next edge(s) (see kEdgesPerStep). Edges are stored
 // shortest first, so the next edge of the closest vertex is the most promising unexplored
 // move; when it leads nowhere new, the search naturally falls back ("backtracks") to the
-// next edge or the next vertex. The only stopping rule is the distance budget, which
-// makes recall a smooth function of the budget, and a budget >= n an exhaustive search of
-// everything reachable from the entry.
+// next edge or the next vertex.
+//
+// Two stopping rules. The paper's is the distance budget alone: every query computes
+// `budget` distances (a budget >= n is an exhaustive search of everything reachable from
+// the entry). With a pool (`ef`, as hnswlib calls it) the search keeps the ef best
+// vertices seen and also stops once the closest vertex with unexplored edges is farther
+// than all of them: easy queries finish early and hard ones go on, which buys more recall
+// per average distance than a fixed budget. Vertices farther than the whole pool when
+// first seen are never expanded under that rule, so they do not enter the frontier.
 //
 // The loop is where query time goes, so it follows the habits that make hnswlib fast:
 // flat arrays; the visited set as epoch stamps reused across queries (no clearing, no
@@ -93,8 +99,8 @@ SearchScratch& ThreadLocalSearchScratch() {
 }
 
 void SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degree, int32_t entry,
-               const float* query, int k, int64_t budget, SearchScratch& scratch, int32_t* ids_out,
-               float* distances_out) {
+               const float* query, int k, int64_t budget, int64_t ef, SearchScratch& scratch,
+               int32_t* ids_out, float* distances_out) {
   const int64_t n = data.n;
   const int64_t dim = data.dim;
   const int64_t m = max_degree;  // at most 65535 (checked by the op) so a cursor fits 16 bits
@@ -117,15 +123,28 @@ void SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degre
   const std::greater<uint64_t> frontier_order;  // min-heap
   const CandidateLess candidate_less;
 
+  // `best` holds the pool: the k results, or the ef best seen under the pool rule.
+  const bool pool_rule = ef > 0;
+  const int64_t pool = pool_rule ? std::max<int64_t>(k, ef) : k;
+  // Returns whether (d, id) entered the pool.
   auto offer = [&](float d, int32_t id) {
-    if (static_cast<int>(best.size()) < k) {
+    if (static_cast<int64_t>(best.size()) < pool) {
       best.push_back({d, id});
       std::push_heap(best.begin(), best.end(), candidate_less);
-    } else if (candidate_less({d, id}, best.front())) {
+      return true;
+    }
+    if (candidate_less({d, id}, best.front())) {
       std::pop_heap(best.begin(), best.end(), candidate_less);
       best.back() = {d, id};
       std::push_heap(best.begin(), best.end(), candidate_less);
+      return true;
     }
+    return false;
+  };
+  // Under the pool rule: the frontier key beyond which nothing can still improve the pool.
+  auto pool_limit = [&]() {
+    return static_cast<int64_t>(best.size()) < pool ? std::numeric_limits<uint64_t>::max()
+                                                     : FrontierKey(best.front().distance, -1);
   };
 
   state[entry] = tag;
@@ -136,6 +155,7 @@ void SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degre
 
   int32_t batch[kEdgesPerStep];
   while (computed < budget && !frontier.empty()) {
+    if (pool_rule && frontier.front() > pool_limit()) break;
     // The closest vertex with unexplored edges: collect its next few unvisited targets
     // and start loading their vectors before computing any distance.
     const int32_t v = FrontierVertex(frontier.front());
@@ -160,7 +180,7 @@ void SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degre
       const int32_t u = batch[b];
       const float d = Sanitize(distance(query, data.Row(u), dim));
       ++computed;
-      offer(d, u);
+      if (!offer(d, u) && pool_rule) continue;
       // If u turns out closest, its edge list is read next.
       __builtin_prefetch(neighbours + u * m, 0, 3);
       frontier.push_back(FrontierKey(d, u));
@@ -169,7 +189,7 @@ void SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degre
   }
 
   std::sort_heap(best.begin(), best.end(), candidate_less);
-  const int found = static_cast<int>(best.size());
+  const int found = static_cast<int>(std::min<int64_t>(best.size(), k));
   for (int i = 0; i < found; ++i) {
     ids_out[i] = best[i].id;
     distances_out[i] = best[i].distance;
