@@ -7,12 +7,15 @@ Datasets (ground truth by exact search):
   embeddings  zoo MobileNetV2 feature-map cells (stride 16, 96-D, L2-normalised) of the
               CamVid frames in the data dir: embeddings of real images
 
+FANNG is measured with both stopping rules over one graph: the pool rule (``ef`` sweep,
+the library's default search) and the paper's fixed distance budget (budget sweep).
 Peers: hnswlib (M sweep, ef sweep), faiss IndexHNSWFlat(32) (efSearch sweep) and faiss
 IndexFlatL2 (brute force). For each: build seconds, index bytes, and recall@1 / recall@10
-against queries/s. Summary: queries/s of each method at recall@10 0.90 and 0.99 (from its
-Pareto curve, interpolated in log queries/s), FANNG / best hnswlib ratios; and FANNG's
-distance computations per query for recall@10 0.9 at four sizes of the SIFT set, with the
-fitted exponent of cost against N. Writes ``ann.json`` and ``ann.png``.
+against queries/s (best of three timed passes when a pass is short). Summary: queries/s of
+each method at recall@10 0.90 and 0.99 (from its curve, interpolated in log queries/s),
+FANNG / best hnswlib ratios; and FANNG's distance computations per query for recall@10 0.9
+(budget rule, so the count is exact) at four sizes of the SIFT set, with the fitted
+exponent of cost against N. Writes ``ann.json`` and ``ann.png``.
 
     ./dev.sh bench benchmarks/ann/run.py [--data ../shared/data] [--random-size 1000000] [--quick]
 """
@@ -36,7 +39,23 @@ QUERIES = 1000
 K = 10
 CACHE_DIR = Path(os.environ.get("HYBRID_KERAS_CACHE", Path.home() / ".cache" / "hybrid_keras"))
 FANNG_BUDGETS = (40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1280, 1920, 2560, 5120, 10240, 20480)
-HNSW_EFS = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048)
+EFS = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048)
+# Passes shorter than this are repeated and the fastest kept, which filters out noise
+# from the rest of the machine; longer ones are timed once.
+REPEAT_BELOW_S = 2.0
+
+
+def timed_search(search, count: int = QUERIES) -> tuple[float, object]:
+    """(queries/s, result) of ``search()`` over ``count`` queries, best of up to three passes."""
+    best, result = float("inf"), None
+    for _ in range(3):
+        started = time.perf_counter()
+        result = search()
+        seconds = time.perf_counter() - started
+        best = min(best, seconds)
+        if seconds > REPEAT_BELOW_S:
+            break
+    return count / best, result
 
 
 # ---------------------------------------------------------------------- data
@@ -116,6 +135,7 @@ def recalls(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 # ---------------------------------------------------------------------- methods
 def run_fanng(base, queries, truth, max_degree=32):
+    """Two entries over one graph: the pool rule (ef sweep) and the paper's budget rule."""
     from hybrid_keras.fanng import FanngIndex
 
     index = FanngIndex(base.shape[1], max_degree=max_degree, seed=0)
@@ -123,16 +143,17 @@ def run_fanng(base, queries, truth, max_degree=32):
     started = time.perf_counter()
     index.build()
     build = time.perf_counter() - started
-    points = []
-    for budget in FANNG_BUDGETS:
-        index.search(queries[:50], k=K, budget=budget)  # warm up
-        started = time.perf_counter()
-        ids, _ = index.search(queries, k=K, budget=budget)
-        seconds = time.perf_counter() - started
-        points.append({"budget": budget, "qps": len(queries) / seconds, **dict(zip(("recall1", "recall10"),
-                                                                                   recalls(ids, truth)))})
     memory = index.vectors.nbytes + index.neighbours.nbytes
-    return {"name": f"FANNG (degree {max_degree})", "build_s": build, "memory_bytes": memory, "curve": points}
+    entries = []
+    for rule, values in (("ef", EFS), ("budget", FANNG_BUDGETS)):
+        points = []
+        for value in values:
+            index.search(queries[:50], k=K, **{rule: value})  # warm up
+            qps, (ids, _) = timed_search(lambda: index.search(queries, k=K, **{rule: value}))
+            points.append({rule: value, "qps": qps, **dict(zip(("recall1", "recall10"), recalls(ids, truth)))})
+        name = f"FANNG (degree {max_degree})" if rule == "ef" else f"FANNG (degree {max_degree}, paper's budget rule)"
+        entries.append({"name": name, "build_s": build, "memory_bytes": memory, "curve": points})
+    return entries
 
 
 def run_hnswlib(base, queries, truth, m):
@@ -145,13 +166,10 @@ def run_hnswlib(base, queries, truth, m):
     index.add_items(base, num_threads=1)
     build = time.perf_counter() - started
     points = []
-    for ef in HNSW_EFS:
+    for ef in EFS:
         index.set_ef(max(ef, K))
-        started = time.perf_counter()
-        ids, _ = index.knn_query(queries, k=K, num_threads=1)
-        seconds = time.perf_counter() - started
-        points.append({"ef": ef, "qps": len(queries) / seconds, **dict(zip(("recall1", "recall10"),
-                                                                           recalls(ids.astype(np.int64), truth)))})
+        qps, (ids, _) = timed_search(lambda: index.knn_query(queries, k=K, num_threads=1))
+        points.append({"ef": ef, "qps": qps, **dict(zip(("recall1", "recall10"), recalls(ids.astype(np.int64), truth)))})
     path = CACHE_DIR / "hnswlib_size_probe.bin"
     path.parent.mkdir(parents=True, exist_ok=True)
     index.save_index(str(path))
@@ -169,13 +187,10 @@ def run_faiss_hnsw(base, queries, truth):
     index.add(base)
     build = time.perf_counter() - started
     points = []
-    for ef in HNSW_EFS:
+    for ef in EFS:
         index.hnsw.efSearch = max(ef, K)
-        started = time.perf_counter()
-        _, ids = index.search(queries, K)
-        seconds = time.perf_counter() - started
-        points.append({"ef": ef, "qps": len(queries) / seconds, **dict(zip(("recall1", "recall10"),
-                                                                           recalls(ids, truth)))})
+        qps, (_, ids) = timed_search(lambda: index.search(queries, K))
+        points.append({"ef": ef, "qps": qps, **dict(zip(("recall1", "recall10"), recalls(ids, truth)))})
     memory = len(faiss.serialize_index(index))
     return {"name": "faiss HNSW32", "build_s": build, "memory_bytes": memory, "curve": points}
 
@@ -210,22 +225,26 @@ def budget_for(base, queries, truth, target=0.9) -> int | None:
     return high
 
 
-def benchmark_dataset(name, base, queries, hnsw_ms):
+def benchmark_dataset(name, base, queries, hnsw_ms, faiss_hnsw=True):
     print(f"\n[{name}] {len(base):,} x {base.shape[1]} base, {len(queries):,} queries", flush=True)
     truth, flat_qps = ground_truth(base, queries)
-    methods = [run_fanng(base, queries, truth)]
+    methods = run_fanng(base, queries, truth)
     for m in hnsw_ms:
         methods.append(run_hnswlib(base, queries, truth, m))
-    methods.append(run_faiss_hnsw(base, queries, truth))
+    if faiss_hnsw:
+        methods.append(run_faiss_hnsw(base, queries, truth))
     methods.append({"name": "faiss IndexFlatL2 (exact)", "build_s": 0.0, "memory_bytes": base.nbytes,
                     "curve": [{"qps": flat_qps, "recall1": 1.0, "recall10": 1.0}]})
     summary = {}
     for target in (0.9, 0.99):
         at = {m["name"]: qps_at(m["curve"], target) for m in methods}
-        hnsw = [v for k, v in at.items() if k.startswith("hnswlib") and v]
-        fanng = at[methods[0]["name"]]
-        summary[f"recall10_{target}"] = {"qps": at, "fanng_over_best_hnswlib": fanng / max(hnsw) if fanng and hnsw
-                                         else None}
+        hnsw = max((v for k, v in at.items() if k.startswith("hnswlib") and v), default=None)
+        fanng_pool, fanng_budget = at[methods[0]["name"]], at[methods[1]["name"]]
+        summary[f"recall10_{target}"] = {
+            "qps": at,
+            "fanng_over_best_hnswlib": fanng_pool / hnsw if fanng_pool and hnsw else None,
+            "fanng_budget_rule_over_best_hnswlib": fanng_budget / hnsw if fanng_budget and hnsw else None,
+        }
     best_hnsw_build = min(m["build_s"] for m in methods if m["name"].startswith("hnswlib"))
     summary["build_ratio_fanng_over_fastest_hnswlib"] = methods[0]["build_s"] / best_hnsw_build
     for method in methods:
@@ -313,7 +332,10 @@ def main(argv=None) -> int:
         size = limit or args.random_size
         base = rng.random((size, 128), dtype=np.float32)
         queries = rng.random((QUERIES, 128), dtype=np.float32)
-        results["datasets"]["random"] = benchmark_dataset("random", base, queries, hnsw_ms[:1])
+        # One hnswlib M and no faiss HNSW here: on uniform random data their single-threaded
+        # builds take ~6x FANNG's (35 minutes for faiss HNSW32 at 1M), and no graph reaches
+        # useful recall at speed anyway; brute force is the peer that matters.
+        results["datasets"]["random"] = benchmark_dataset("random", base, queries, hnsw_ms[:1], faiss_hnsw=False)
     write_json(args.out / "ann.json", results)
     plot(results, args.out / "ann.png")
     return 0
