@@ -333,7 +333,7 @@ def main(argv=None) -> int:
         base = rng.random((size, 128), dtype=np.float32)
         queries = rng.random((QUERIES, 128), dtype=np.float32)
         # One hnswlib M and no faiss HNSW here: on uniform random data their single-threaded
-        # builds take ~6x FANNG's (35 minutes for faiss HNSW32 at 1M), and no graph reaches
+        # builds take over 5x FANNG's (faiss HNSW32 at 1M: an estimated 35 minutes), and no graph reaches
         # useful recall at speed anyway; brute force is the peer that matters.
         results["datasets"]["random"] = benchmark_dataset("random", base, queries, hnsw_ms[:1], faiss_hnsw=False)
     write_json(args.out / "ann.json", results)
