@@ -110,6 +110,24 @@ def test_save_load_round_trip_and_corruption(tmp_path, data):
         FanngIndex.load(tmp_path / "other")
 
 
+def test_from_graph_continues_an_existing_graph(data):
+    vectors, queries = data
+    index = FanngIndex(vectors.shape[1], max_degree=24, seed=1)
+    index.add(vectors[:2500])
+    index.build()
+    copy = FanngIndex.from_graph(index.vectors, index.neighbours, index.entry, seed=1)
+    for a, b in zip(index.search(queries, k=10), copy.search(queries, k=10)):
+        np.testing.assert_array_equal(a, b)
+    copy.add(vectors[2500:2600])  # inserted, like any later addition
+    assert copy.is_built and len(copy) == 2600
+    truth, _ = _brute_force(vectors[:2600], queries, 10)
+    assert _recall(copy.search(queries, k=10, budget=1500)[0], truth) >= 0.97
+    broken = index.neighbours.copy()
+    broken[5, 0] = 2500
+    with pytest.raises(ValueError, match="neighbour ids"):
+        FanngIndex.from_graph(index.vectors, broken, index.entry)
+
+
 def test_bad_input(data):
     vectors, _ = data
     index = FanngIndex(vectors.shape[1])

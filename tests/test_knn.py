@@ -62,6 +62,23 @@ def test_a_new_class_is_added_by_examples(backend, rng):
         head.add_examples(stored[:1], labels[:1])
 
 
+def test_fanng_head_inserts_a_few_examples_and_rebuilds_for_many(rng):
+    stored, labels, centres = _examples(rng, per_class=100)
+    head = KNNClassifier.from_examples(stored[:300], labels[:300], num_classes=4, k=5, sigma=2.0, backend="fanng",
+                                       capacity=len(stored), ef=0, budget=len(stored))  # exhaustive: exact
+    exact = KNNClassifier.from_examples(stored[:300], labels[:300], num_classes=4, k=5, sigma=2.0, capacity=len(stored))
+    before = head.neighbours.numpy()[:300].copy()
+    head.add_examples(stored[300:330], labels[300:330])  # 10%: linked into the existing graph
+    exact.add_examples(stored[300:330], labels[300:330])
+    assert np.mean(np.all(head.neighbours.numpy()[:300] == before, axis=1)) > 0.5
+    queries = (centres[rng.integers(0, 4, 50)] + rng.normal(size=(50, 16))).astype(np.float32)
+    # Every stored example stays reachable, so the exhaustive search equals brute force.
+    np.testing.assert_allclose(head(queries).numpy(), exact(queries).numpy(), atol=1e-5)
+    head.add_examples(stored[330:], labels[330:])  # 70 more, over a quarter: the graph is rebuilt
+    exact.add_examples(stored[330:], labels[330:])
+    np.testing.assert_allclose(head(queries).numpy(), exact(queries).numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["exact", "fanng"])
 def test_keras_file_round_trip(tmp_path, backend, rng):
     stored, labels, _ = _examples(rng)

@@ -286,17 +286,37 @@ class FanngIndex:
             raise IndexFormatError(f"{path} is truncated: {len(payload)} of {header['payload_bytes']} payload bytes")
         if hashlib.sha256(payload).hexdigest() != header["sha256"]:
             raise IndexFormatError(f"{path} is corrupt: its checksum does not match")
-        index = cls(header["dim"], header["metric"], header["max_degree"], header["seed"], header["candidates"],
-                    header["refine_iterations"], verbose)
         size, dim, degree = header["size"], header["dim"], header["max_degree"]
         vector_bytes, neighbour_bytes = size * dim * 4, size * degree * 4
-        index.vectors = np.frombuffer(payload, np.float32, size * dim).reshape(size, dim).copy()
-        index.neighbours = np.frombuffer(payload, np.int32, size * degree, vector_bytes).reshape(size, degree).copy()
-        index.ids = np.frombuffer(payload, np.int64, size, vector_bytes + neighbour_bytes).copy()
-        index.entry, index._built_rows = int(header["entry"]), size
-        if size and (index.neighbours.min() < -1 or index.neighbours.max() >= size or not 0 <= index.entry < size
-                     or not np.all(np.isfinite(index.vectors))):
-            raise IndexFormatError(f"{path}: the arrays are inconsistent (neighbour ids, entry or non-finite vectors)")
+        try:
+            return cls.from_graph(
+                np.frombuffer(payload, np.float32, size * dim).reshape(size, dim).copy(),
+                np.frombuffer(payload, np.int32, size * degree, vector_bytes).reshape(size, degree).copy(),
+                int(header["entry"]), ids=np.frombuffer(payload, np.int64, size, vector_bytes + neighbour_bytes).copy(),
+                metric=header["metric"], seed=header["seed"], candidates=header["candidates"],
+                refine_iterations=header["refine_iterations"], verbose=verbose)
+        except ValueError as error:
+            raise IndexFormatError(f"{path}: the arrays are inconsistent ({error})") from None
+
+    @classmethod
+    def from_graph(cls, vectors, neighbours, entry: int, ids=None, **options) -> "FanngIndex":
+        """An index over a graph built earlier (``vectors`` as stored, ``neighbours``, ``entry``),
+        e.g. arrays kept elsewhere such as a KNNClassifier's weights; later :meth:`add` calls
+        insert into it. ``options`` are the constructor's (metric, seed, ...)."""
+        vectors = np.asarray(vectors, np.float32)
+        neighbours = np.asarray(neighbours, np.int32)
+        size = len(vectors)
+        if vectors.ndim != 2 or neighbours.ndim != 2 or len(neighbours) != size or size == 0:
+            raise ValueError(f"vectors [N, D] and neighbours [N, M] with N >= 1 expected, got shapes "
+                             f"{vectors.shape} and {neighbours.shape}")
+        if neighbours.min() < -1 or neighbours.max() >= size or not 0 <= int(entry) < size:
+            raise ValueError("neighbour ids must be in [-1, N) and the entry in [0, N)")
+        if not np.all(np.isfinite(vectors)):
+            raise ValueError("vectors contain NaN or infinite values")
+        index = cls(vectors.shape[1], max_degree=neighbours.shape[1], **options)
+        index.vectors, index.neighbours, index.entry = vectors, neighbours, int(entry)
+        index.ids = np.arange(size, dtype=np.int64) if ids is None else np.asarray(ids, np.int64).reshape(size)
+        index._built_rows = size
         return index
 
 

@@ -125,14 +125,21 @@ class KNNClassifier(keras.layers.Layer):
         self.labels.assign(all_labels)
         self.count.assign(count + len(embeddings))
         if self.backend == "fanng":
-            self._rebuild_graph(stored[: count + len(embeddings)])
+            self._extend_graph(stored[:count], embeddings)
 
-    def _rebuild_graph(self, embeddings: np.ndarray) -> None:
-        index = FanngIndex(self.dim, "l2", max_degree=self.max_degree, seed=self.seed, verbose=False)
-        index.add(embeddings)
-        index.build()
+    def _extend_graph(self, old: np.ndarray, new: np.ndarray) -> None:
+        """Link ``new`` into the graph over ``old``: a few examples are inserted into the
+        existing graph, many (a quarter of the stored ones or more) rebuild it."""
+        if len(old):
+            index = FanngIndex.from_graph(old, self.neighbours.numpy()[: len(old)], int(self.entry.numpy()),
+                                          seed=self.seed, verbose=False)
+            index.add(new)
+        else:
+            index = FanngIndex(self.dim, "l2", max_degree=self.max_degree, seed=self.seed, verbose=False)
+            index.add(new)
+            index.build()
         neighbours = np.full((self.capacity, self.max_degree), -1, np.int32)
-        neighbours[: len(embeddings)] = index.neighbours
+        neighbours[: len(index)] = index.neighbours
         self.neighbours.assign(neighbours)
         self.entry.assign(index.entry)
 
