@@ -60,41 +60,36 @@ def _check_metric(metric: str) -> str:
     return metric
 
 
-def _float_matrix(value, name: str):
-    """float32 [rows, dim] tensor. NumPy/list floats are cast; tensors must be float32."""
+def _tensor(value, name: str, dtype: str, rank: int, rank_rule: str):
+    """A ``dtype`` ("float32" or "int32") tensor of ``rank``. NumPy/list values of the right
+    kind are cast (integers must fit int32); tensors must already have ``dtype``."""
     import tensorflow as tf
 
     if isinstance(value, (tf.Tensor, tf.Variable)):
-        if value.dtype != tf.float32:
-            raise TypeError(f"{name} must be float32, got a {value.dtype.name} tensor")
+        if value.dtype != dtype:
+            raise TypeError(f"{name} must be {dtype}, got a {value.dtype.name} tensor")
         tensor = tf.convert_to_tensor(value)
     else:
         array = np.asarray(value)
-        if array.dtype.kind != "f":
+        if dtype == "float32" and array.dtype.kind != "f":
             raise TypeError(f"{name} must hold floating-point values, got dtype {array.dtype}")
-        tensor = tf.convert_to_tensor(array.astype(np.float32, copy=False))
-    if tensor.shape.rank is not None and tensor.shape.rank != 2:
-        raise ValueError(f"{name} must be a matrix [rows, dim], got shape {tensor.shape}")
+        if dtype == "int32":
+            if array.dtype.kind not in "iu":
+                raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
+            if array.size and (array.min() < np.iinfo(np.int32).min or array.max() > np.iinfo(np.int32).max):
+                raise ValueError(f"{name} has values outside the int32 range")
+        tensor = tf.convert_to_tensor(array.astype(dtype, copy=False))
+    if tensor.shape.rank is not None and tensor.shape.rank != rank:
+        raise ValueError(f"{name} must {rank_rule}, got shape {tensor.shape}")
     return tensor
+
+
+def _float_matrix(value, name: str):
+    return _tensor(value, name, "float32", 2, "be a matrix [rows, dim]")
 
 
 def _int_tensor(value, name: str, rank: int):
-    import tensorflow as tf
-
-    if isinstance(value, (tf.Tensor, tf.Variable)):
-        if value.dtype != tf.int32:
-            raise TypeError(f"{name} must be int32, got a {value.dtype.name} tensor")
-        tensor = tf.convert_to_tensor(value)
-    else:
-        array = np.asarray(value)
-        if array.dtype.kind not in "iu":
-            raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
-        if array.size and (array.min() < np.iinfo(np.int32).min or array.max() > np.iinfo(np.int32).max):
-            raise ValueError(f"{name} has values outside the int32 range")
-        tensor = tf.convert_to_tensor(array.astype(np.int32, copy=False))
-    if tensor.shape.rank is not None and tensor.shape.rank != rank:
-        raise ValueError(f"{name} must have rank {rank}, got shape {tensor.shape}")
-    return tensor
+    return _tensor(value, name, "int32", rank, f"have rank {rank}")
 
 
 def build_graph(vectors, max_degree: int = 32, metric: str = "l2", seed: int = 0, candidates: int | None = None,

@@ -83,13 +83,16 @@ bool ParallelAllFinite(const ParallelFor& parallel_for, const float* values, int
   return ok.load();
 }
 
-absl::Status ValidateVectors(const Tensor& vectors, const char* name) {
+absl::Status ValidateVectors(const Tensor& vectors) {
   if (vectors.dims() != 2) {
-    return InvalidArgument(name, " must be a float32 matrix [rows, dim], got shape ", vectors.shape().DebugString());
+    return InvalidArgument("vectors must be a float32 matrix [rows, dim], got shape ", vectors.shape().DebugString());
   }
   if (vectors.dim_size(1) < 1) {
-    return InvalidArgument(name, " must have at least one column, got shape ", vectors.shape().DebugString());
+    return InvalidArgument("vectors must have at least one column, got shape ", vectors.shape().DebugString());
   }
+  const int64_t n = vectors.dim_size(0);
+  if (n < 1) return InvalidArgument("vectors must have at least one row");
+  if (n > kMaxRows) return InvalidArgument("vectors has ", n, " rows; at most ", kMaxRows, " are supported");
   return absl::OkStatus();
 }
 
@@ -155,11 +158,9 @@ class FanngBuildOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& vectors = ctx->input(0);
-    OP_REQUIRES_OK(ctx, ValidateVectors(vectors, "vectors"));
+    OP_REQUIRES_OK(ctx, ValidateVectors(vectors));
     const int64_t n = vectors.dim_size(0);
     const int64_t dim = vectors.dim_size(1);
-    OP_REQUIRES(ctx, n >= 1, InvalidArgument("vectors must have at least one row"));
-    OP_REQUIRES(ctx, n <= kMaxRows, InvalidArgument("vectors has ", n, " rows; at most ", kMaxRows, " are supported"));
     const ParallelFor parallel_for = MakeParallelFor(ctx);
     const float* data = vectors.flat<float>().data();
     OP_REQUIRES(ctx, ParallelAllFinite(parallel_for, data, n * dim),
@@ -258,11 +259,9 @@ class FanngSearchOp : public OpKernel {
     const Tensor& budget_t = ctx->input(5);
     const Tensor& ef_t = ctx->input(6);
 
-    OP_REQUIRES_OK(ctx, ValidateVectors(vectors, "vectors"));
+    OP_REQUIRES_OK(ctx, ValidateVectors(vectors));
     const int64_t n = vectors.dim_size(0);
     const int64_t dim = vectors.dim_size(1);
-    OP_REQUIRES(ctx, n >= 1, InvalidArgument("vectors must have at least one row"));
-    OP_REQUIRES(ctx, n <= kMaxRows, InvalidArgument("vectors has ", n, " rows; at most ", kMaxRows, " are supported"));
     OP_REQUIRES(ctx, neighbours.dims() == 2,
                 InvalidArgument("neighbours must be an int32 matrix [N, M], got shape ",
                                 neighbours.shape().DebugString()));
