@@ -115,7 +115,7 @@ def test_from_graph_continues_an_existing_graph(data):
     index = FanngIndex(vectors.shape[1], max_degree=24, seed=1)
     index.add(vectors[:2500])
     index.build()
-    copy = FanngIndex.from_graph(index.vectors, index.neighbours, index.entry, seed=1)
+    copy = FanngIndex.from_graph(index.vectors, index.neighbours, index.entry, entry_points=index.entry_points, seed=1)
     for a, b in zip(index.search(queries, k=10), copy.search(queries, k=10)):
         np.testing.assert_array_equal(a, b)
     copy.add(vectors[2500:2600])  # inserted, like any later addition
@@ -140,7 +140,7 @@ def test_bad_input(data):
     with pytest.raises(ValueError, match="NaN"):
         index.add(bad)
     index.add(vectors[:50])
-    with pytest.raises(ValueError, match="k must be in"):
+    with pytest.raises(ValueError, match="k must be an integer in"):
         index.search(vectors[:2], k=51)
     with pytest.raises(ValueError, match="ef must be"):
         index.search(vectors[:2], k=5, ef=0)

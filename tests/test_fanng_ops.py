@@ -117,7 +117,7 @@ def occlusion_violations(vectors, neighbours, rel=1e-4):
 def clustered_index(module):
     vectors, centres = clustered(2000, 32, clusters=20, seed=7)
     queries = sample_near(centres, 200, seed=8)
-    neighbours, entry = ops.build_graph(vectors, max_degree=24, seed=3)
+    neighbours, entry, _ = ops.build_graph(vectors, max_degree=24, seed=3)
     return vectors, queries, neighbours.numpy(), int(entry)
 
 
@@ -187,7 +187,7 @@ def test_pool_smaller_than_k_is_raised_to_k(clustered_index):
 
 def test_k_equal_n_returns_everything():
     vectors, _ = clustered(50, 8, clusters=3, seed=1)
-    neighbours, entry = ops.build_graph(vectors, max_degree=6)
+    neighbours, entry, _ = ops.build_graph(vectors, max_degree=6)
     ids, distances = ops.search(vectors, neighbours, entry, vectors[:3], k=50, budget=50)
     for row in ids.numpy():
         assert sorted(row.tolist()) == list(range(50))
@@ -196,7 +196,7 @@ def test_k_equal_n_returns_everything():
 
 def test_small_budget_pads_with_minus_one_and_inf():
     vectors, _ = clustered(100, 8, clusters=3, seed=2)
-    neighbours, entry = ops.build_graph(vectors, max_degree=8)
+    neighbours, entry, _ = ops.build_graph(vectors, max_degree=8)
     ids, distances = ops.search(vectors, neighbours, entry, vectors[:4], k=10, budget=3)
     ids, distances = ids.numpy(), distances.numpy()
     assert np.all(ids[:, 3:] == -1) and np.all(np.isinf(distances[:, 3:]))
@@ -205,13 +205,13 @@ def test_small_budget_pads_with_minus_one_and_inf():
 
 def test_tiny_and_degenerate_inputs():
     one = np.ones((1, 4), np.float32)
-    neighbours, entry = ops.build_graph(one, max_degree=3)
+    neighbours, entry, _ = ops.build_graph(one, max_degree=3)
     assert neighbours.numpy().tolist() == [[-1, -1, -1]] and int(entry) == 0
     ids, distances = ops.search(one, neighbours, entry, one * 2, k=1, budget=5)
     assert ids.numpy().tolist() == [[0]] and distances.numpy()[0, 0] == pytest.approx(4.0)
     # All points identical: every distance ties at zero; the graph must still reach all.
     same = np.zeros((30, 5), np.float32)
-    neighbours, entry = ops.build_graph(same, max_degree=4)
+    neighbours, entry, _ = ops.build_graph(same, max_degree=4)
     assert reachable_from(neighbours.numpy(), int(entry)).all()
     ids, _ = ops.search(same, neighbours, entry, same[:2], k=30, budget=30)
     assert all(sorted(row) == list(range(30)) for row in ids.numpy().tolist())
@@ -226,7 +226,7 @@ def test_tiny_and_degenerate_inputs():
 def test_pruned_graph_satisfies_occlusion_rule():
     """Without refinement or reachability edges, the graph is exactly the pruned candidates."""
     vectors, _ = clustered(600, 12, clusters=6, seed=11)
-    neighbours, _ = ops.build_graph(vectors, max_degree=12, refine_iterations=0, connect=False, seed=1)
+    neighbours, _, _ = ops.build_graph(vectors, max_degree=12, refine_iterations=0, connect=False, seed=1)
     neighbours = neighbours.numpy()
     check_rows(vectors, neighbours)
     assert occlusion_violations(vectors, neighbours) == []
@@ -237,7 +237,7 @@ def test_pruned_graph_satisfies_occlusion_rule():
 def test_traverse_add_keeps_occlusion_rule():
     """Refinement only adds edges no kept edge occludes (and drops those they occlude)."""
     vectors, _ = clustered(600, 12, clusters=6, seed=12)
-    neighbours, _ = ops.build_graph(vectors, max_degree=12, refine_iterations=3, connect=False, seed=1)
+    neighbours, _, _ = ops.build_graph(vectors, max_degree=12, refine_iterations=3, connect=False, seed=1)
     neighbours = neighbours.numpy()
     check_rows(vectors, neighbours)
     assert occlusion_violations(vectors, neighbours) == []
@@ -246,7 +246,7 @@ def test_traverse_add_keeps_occlusion_rule():
 def test_nn_descent_graph_satisfies_occlusion_rule():
     """Above the brute-force size the candidates come from NN-descent; pruning is the same."""
     vectors, _ = clustered(6000, 8, clusters=10, seed=13)
-    neighbours, entry = ops.build_graph(vectors, max_degree=10, refine_iterations=1, connect=False, seed=2)
+    neighbours, entry, _ = ops.build_graph(vectors, max_degree=10, refine_iterations=1, connect=False, seed=2)
     neighbours = neighbours.numpy()
     assert occlusion_violations(vectors, neighbours[:300]) == []  # rows 0..299 of the graph
     queries = vectors[:100] + 0.01
@@ -266,9 +266,9 @@ def test_reachability_repairs_disconnected_clusters():
     rng = np.random.default_rng(5)
     centres = rng.normal(size=(12, 6)) * 1000
     vectors = (np.repeat(centres, 25, axis=0) + rng.normal(size=(300, 6))).astype(np.float32)
-    disconnected, entry = ops.build_graph(vectors, max_degree=4, candidates=4, refine_iterations=0, connect=False)
+    disconnected, entry, _ = ops.build_graph(vectors, max_degree=4, candidates=4, refine_iterations=0, connect=False)
     assert not reachable_from(disconnected.numpy(), int(entry)).all()
-    neighbours, entry = ops.build_graph(vectors, max_degree=4, candidates=4, refine_iterations=0)
+    neighbours, entry, _ = ops.build_graph(vectors, max_degree=4, candidates=4, refine_iterations=0)
     neighbours = neighbours.numpy()
     assert reachable_from(neighbours, int(entry)).all()
     check_rows(vectors, neighbours)
@@ -281,7 +281,7 @@ def test_reachability_repairs_disconnected_clusters():
 
 def test_max_degree_one_still_connected():
     vectors, _ = clustered(200, 4, clusters=4, seed=6)
-    neighbours, entry = ops.build_graph(vectors, max_degree=1)
+    neighbours, entry, _ = ops.build_graph(vectors, max_degree=1)
     assert neighbours.shape == (200, 1)
     assert reachable_from(neighbours.numpy(), int(entry)).all()
 
@@ -295,7 +295,7 @@ _THREADED_BUILD = textwrap.dedent(
     from hybrid_keras.fanng import ops
     rng = np.random.default_rng(21)
     vectors = (rng.normal(size=(40, 16)) * 4)[rng.integers(0, 40, 6000)] + rng.normal(size=(6000, 16))
-    neighbours, entry = ops.build_graph(vectors.astype(np.float32), max_degree=12, seed=9)
+    neighbours, entry, _ = ops.build_graph(vectors.astype(np.float32), max_degree=12, seed=9)
     np.save(sys.argv[2], np.concatenate([neighbours.numpy().ravel(), [int(entry)]]))
     """
 )
@@ -303,10 +303,10 @@ _THREADED_BUILD = textwrap.dedent(
 
 def test_same_seed_same_graph(clustered_index):
     vectors, _, neighbours, entry = clustered_index
-    again, entry_again = ops.build_graph(vectors, max_degree=24, seed=3)
+    again, entry_again, _ = ops.build_graph(vectors, max_degree=24, seed=3)
     np.testing.assert_array_equal(again.numpy(), neighbours)
     assert int(entry_again) == entry
-    other, _ = ops.build_graph(vectors, max_degree=24, seed=4)
+    other, _, _ = ops.build_graph(vectors, max_degree=24, seed=4)
     assert not np.array_equal(other.numpy(), neighbours)  # the seed does drive the build
 
 
@@ -331,7 +331,7 @@ def test_graph_independent_of_thread_count(module, tmp_path):
 def test_inner_product_metric():
     vectors, centres = clustered(1500, 16, clusters=10, seed=31)
     queries = sample_near(centres, 100, seed=32)
-    neighbours, entry = ops.build_graph(vectors, max_degree=16, metric="ip")
+    neighbours, entry, _ = ops.build_graph(vectors, max_degree=16, metric="ip")
     truth_ids, truth_d = brute_force(vectors, queries, 10, metric="ip")
     ids, distances = ops.search(vectors, neighbours, entry, queries, k=10, budget=len(vectors), metric="ip")
     np.testing.assert_allclose(distances.numpy(), truth_d, rtol=1e-4, atol=1e-3)
@@ -386,8 +386,8 @@ def test_ops_in_tf_function_have_static_shapes(clustered_index):
     def build(v):
         return ops.load_library().hybrid_keras_fanng_build(vectors=v, max_degree=7)
 
-    graph, entry_t = build.get_concrete_function().structured_outputs
-    assert graph.shape.as_list() == [None, 7] and entry_t.shape.rank == 0
+    graph, entry_t, entry_points = build.get_concrete_function().structured_outputs
+    assert graph.shape.as_list() == [None, 7] and entry_t.shape.rank == 0 and entry_points.shape.as_list() == [1]
 
 
 # ------------------------------------------------------------------ validation
@@ -401,7 +401,7 @@ def _expect_error(fn):
 def test_fuzz_bad_inputs_raise_not_crash(module):
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(40, 6)).astype(np.float32)
-    neighbours, entry = ops.build_graph(vectors, max_degree=5)
+    neighbours, entry, _ = ops.build_graph(vectors, max_degree=5)
     neighbours = neighbours.numpy()
     entry = int(entry)
     queries = rng.normal(size=(3, 6)).astype(np.float32)
@@ -460,7 +460,9 @@ def test_fuzz_bad_inputs_raise_not_crash(module):
         dict(ef=tf.constant(8, tf.int64)),
         dict(entry=np.int32(-1)),
         dict(entry=np.int32(40)),
-        dict(entry=np.array([0], np.int32)),
+        dict(entry=np.array([[0]], np.int32)),  # rank 2
+        dict(entry=np.zeros(0, np.int32)),  # no entry point
+        dict(entry=np.array([0, 40], np.int32)),  # one of several out of range
         dict(entry=tf.constant(0.0)),
     ]
     for case in cases:
@@ -519,7 +521,7 @@ def test_fuzz_bad_inputs_raise_not_crash(module):
 
 def test_skipping_the_vector_scan_is_still_safe():
     vectors, _ = clustered(300, 8, clusters=3, seed=41)
-    neighbours, entry = ops.build_graph(vectors, max_degree=8)
+    neighbours, entry, _ = ops.build_graph(vectors, max_degree=8)
     queries = vectors[:5] + 0.1
     checked = ops.search(vectors, neighbours, entry, queries, k=5, budget=300)
     unchecked = ops.search(vectors, neighbours, entry, queries, k=5, budget=300, check_vectors=False)
@@ -543,7 +545,7 @@ def test_huge_finite_values_do_not_break_ordering():
     # inner product); the ops must still return well-formed results.
     vectors = np.array([[3e38, -3e38], [-3e38, 3e38], [1.0, 2.0], [3e38, 3e38]], np.float32)
     for metric in ("l2", "ip"):
-        neighbours, entry = ops.build_graph(vectors, max_degree=3, metric=metric)
+        neighbours, entry, _ = ops.build_graph(vectors, max_degree=3, metric=metric)
         ids, distances = ops.search(vectors, neighbours, entry, vectors, k=4, budget=4, metric=metric)
         assert sorted(ids.numpy()[0].tolist()) == [0, 1, 2, 3]
         assert not np.isnan(distances.numpy()).any()

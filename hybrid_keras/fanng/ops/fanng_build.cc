@@ -7,7 +7,12 @@
 //   3. occlusion pruning of each candidate list down to max_degree edges;
 //   4. traverse-add refinement: greedy walks towards every vertex, from the entry and
 //      from a random vertex, adding an edge where a walk gets stuck;
-//   5. reachability: every vertex gets a path from the entry.
+//   5. reachability: every vertex gets a path from the entry;
+//   6. entry points: the entry plus, when asked for, vertices near k-means centroids.
+//
+// InsertVertices (at the end) links new vertices into a built graph with the same
+// occlusion rule (Occludes, below: the one place the rule is written) and the same edge
+// repair (AddEdge) as the build.
 //
 // Determinism: every parallel step either writes only to its own vertex's data, or merges
 // proposals with an order-independent rule (keep the K smallest (distance, id) pairs), so
@@ -68,6 +73,15 @@ struct Neighbour {
 
 inline float Sanitize(float d) { return d == d ? d : kInf; }
 
+// The occlusion (relative-neighbourhood) rule, the one place it is written: the edge p->q
+// occludes p->r when q is nearer to p than r is and nearer to r than p is,
+// d(p,q) < d(p,r) and d(q,r) < d(p,r): a search standing at p reaches r through q anyway.
+// d(q,r) is a callable, so it is only computed when the first condition holds.
+template <typename QR>
+inline bool Occludes(float pq, float pr, const QR& qr) {
+  return pq < pr && qr() < pr;
+}
+
 // Spin-wait hint; the per-vertex locks are held for a few dozen instructions.
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -80,7 +94,7 @@ class Builder {
   Builder(const Dataset& data, const BuildOptions& options, const ParallelFor& parallel_for)
       : data_(data), opt_(options), parallel_for_(parallel_for), n_(data.n), m_(options.max_degree) {}
 
-  void Run(int32_t* neighbours_out, int32_t* entry_out) {
+  void Run(int32_t* neighbours_out, int32_t* entry_points_out) {
     entry_ = FindEntry();
     graph_.assign(n_ * m_, -1);
     lengths_.assign(n_ * m_, kInf);
@@ -107,7 +121,89 @@ class Builder {
       if (opt_.connect) Connect();
     }
     std::copy(graph_.begin(), graph_.end(), neighbours_out);
-    *entry_out = entry_;
+    ChooseEntryPoints(entry_points_out);
+  }
+
+  // Links rows [start, n) into the graph held in neighbours[0, start) (see InsertVertices).
+  // Batches of new vertices search the frozen graph in parallel for their candidates,
+  // which include the other vertices of their batch (so a batch of near-duplicates, such
+  // as a new class of examples, links up among itself); the edges are then applied one
+  // vertex at a time in row order: the occlusion rule over the candidates gives the
+  // vertex's row, every kept edge gets its reverse edge through AddEdge, and a greedy
+  // walk from the entry towards each new vertex adds an edge where it gets stuck, as in
+  // the build's traverse-add. The result does not depend on the thread count.
+  void Insert(int32_t* neighbours, const int32_t* entry_points, int64_t entry_count, int64_t start,
+              const InsertOptions& insert) {
+    entry_ = entry_points[0];
+    graph_.assign(neighbours, neighbours + n_ * m_);
+    degree_.assign(n_, 0);
+    for (int64_t v = 0; v < n_; ++v) {
+      int32_t* row = graph_.data() + v * m_;
+      int32_t d = 0;
+      if (v < start) {
+        while (d < m_ && row[d] >= 0) ++d;
+      }
+      std::fill(row + d, row + m_, -1);
+      degree_[v] = d;
+    }
+    // Edge lengths are needed only for rows that AddEdge touches: computed on first use.
+    lengths_.assign(n_ * m_, kInf);
+    lengths_known_.assign(n_, 0);
+    std::fill(lengths_known_.begin() + start, lengths_known_.end(), 1);  // new rows start empty
+
+    const int64_t pool = insert.candidates > 0 ? insert.candidates : DefaultCandidates(m_);
+    const int64_t ef = insert.ef > 0 ? insert.ef : pool;
+    constexpr int64_t kBatch = 256;
+    std::vector<std::vector<Neighbour>> found(kBatch);
+    std::vector<int32_t> stuck(kBatch);
+    std::vector<Neighbour> candidates, kept;
+    for (int64_t first = start; first < n_; first += kBatch) {
+      const int64_t count = std::min(kBatch, n_ - first);
+      const int64_t linked = first;  // rows [0, first) are in the graph now
+      const int64_t k = std::min<int64_t>(pool, linked);
+      parallel_for_(count, (20 * ef + count) * data_.dim, [&](int64_t begin, int64_t end) {
+        SearchScratch& scratch = ThreadLocalSearchScratch();
+        std::vector<float> query(data_.dim);
+        std::vector<int32_t> ids(k);
+        std::vector<float> distances(k);
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t v = first + i;
+          std::vector<Neighbour>& list = found[i];
+          list.clear();
+          data_.RowAsQuery(v, query.data());
+          SearchOne(data_, graph_.data(), m_, entry_points, entry_count, query.data(), static_cast<int>(k), n_, ef,
+                    scratch, ids.data(), distances.data());
+          // Pair distances, not the query's: they are what the occlusion rule and the
+          // stored edge lengths use everywhere else.
+          for (int64_t j = 0; j < k; ++j) {
+            if (ids[j] >= 0) list.push_back({Dist(v, ids[j]), ids[j]});
+          }
+          for (int64_t u = first; u < first + count; ++u) {
+            if (u != v) list.push_back({Dist(v, u), static_cast<int32_t>(u)});
+          }
+          std::sort(list.begin(), list.end());
+          if (static_cast<int64_t>(list.size()) > pool) list.resize(pool);
+        }
+      });
+      for (int64_t i = 0; i < count; ++i) {
+        const int32_t v = static_cast<int32_t>(first + i);
+        // Edges earlier vertices of this batch gave v (reverse edges) compete as candidates.
+        candidates = found[i];
+        const int64_t base = static_cast<int64_t>(v) * m_;
+        for (int32_t j = 0; j < degree_[v]; ++j) candidates.push_back({lengths_[base + j], graph_[base + j]});
+        std::sort(candidates.begin(), candidates.end());
+        SelectEdges(candidates, &kept);
+        SetRow(v, kept);
+        for (const Neighbour& e : kept) AddEdge(e.id, v, nullptr);
+      }
+      parallel_for_(count, 60 * m_ * data_.dim, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) stuck[i] = GreedyStuck(static_cast<int32_t>(first + i), entry_);
+      });
+      for (int64_t i = 0; i < count; ++i) {
+        if (stuck[i] >= 0) AddEdge(stuck[i], static_cast<int32_t>(first + i), nullptr);
+      }
+    }
+    std::copy(graph_.begin(), graph_.end(), neighbours);
   }
 
   static int64_t DefaultCandidates(int64_t max_degree) { return std::max<int64_t>(2 * max_degree, 32); }
@@ -115,14 +211,23 @@ class Builder {
  private:
   float Dist(int64_t a, int64_t b) const { return Sanitize(data_.Distance(a, b)); }
 
+  // Row i as float32 values: the stored row itself for float32 storage, else decoded
+  // into `buffer` (dim floats).
+  const float* RowAsFloat(int64_t i, float* buffer) const {
+    if (data_.storage == Storage::kFloat32) return static_cast<const float*>(data_.Row(i));
+    data_.Decode(i, buffer);
+    return buffer;
+  }
+
   // ---------------------------------------------------------------- 1. entry vertex
   // The vertex nearest (in L2, for either metric: under the inner product the "closest"
   // vertex to the mean would be an extreme one) to the mean of all vectors.
   int32_t FindEntry() {
     const int64_t dim = data_.dim;
     std::vector<double> sum(dim, 0.0);
+    std::vector<float> buffer(dim);
     for (int64_t i = 0; i < n_; ++i) {
-      const float* row = data_.Row(i);
+      const float* row = RowAsFloat(i, buffer.data());
       for (int64_t j = 0; j < dim; ++j) sum[j] += row[j];
     }
     std::vector<float> mean(dim);
@@ -130,13 +235,93 @@ class Builder {
     const DistanceFn l2 = GetDistanceFn(Metric::kL2);
     std::vector<float> to_mean(n_);
     parallel_for_(n_, 4 * dim, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) to_mean[i] = Sanitize(l2(data_.Row(i), mean.data(), dim));
+      std::vector<float> row(dim);
+      for (int64_t i = begin; i < end; ++i) to_mean[i] = Sanitize(l2(RowAsFloat(i, row.data()), mean.data(), dim));
     });
     int32_t best = 0;
     for (int64_t i = 1; i < n_; ++i) {
       if (Closer(to_mean[i], static_cast<int32_t>(i), to_mean[best], best)) best = static_cast<int32_t>(i);
     }
     return best;
+  }
+
+  // ---------------------------------------------------------------- 6. entry points
+  // out[0] is the entry; out[1..count) are the sample vertices nearest to the centroids
+  // of a k-means (Lloyd) clustering of a seeded sample of the data. A search computes the
+  // distance to every entry point and walks from the closest, so a query far from the
+  // mean (clustered data, queries from new images) starts in its own region instead of
+  // walking there from the centre. Each Lloyd step assigns points in parallel (a
+  // per-point result) and updates centroids sequentially, so the choice depends on the
+  // seed only. Empty clusters repeat the entry (a search skips repeats).
+  void ChooseEntryPoints(int32_t* out) {
+    const int64_t count = opt_.entry_points;
+    out[0] = entry_;
+    if (count <= 1 || n_ < 2) {
+      std::fill(out + 1, out + count, entry_);
+      return;
+    }
+    constexpr int kLloydSteps = 6;
+    const int64_t dim = data_.dim;
+    const int64_t clusters = std::min<int64_t>(count - 1, n_);
+    const int64_t sample = std::min<int64_t>(n_, std::max<int64_t>(64 * clusters, 4096));
+    std::vector<int32_t> order(n_);
+    std::iota(order.begin(), order.end(), 0);
+    Rng rng(opt_.seed ^ Mix(0xCE27A000ULL));
+    for (int64_t i = 0; i < sample; ++i) std::swap(order[i], order[i + static_cast<int64_t>(rng.Below(n_ - i))]);
+    std::vector<float> points(sample * dim);
+    parallel_for_(sample, 2 * dim, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) data_.Decode(order[i], points.data() + i * dim);
+    });
+    // The sample is in random order, so its first rows are random distinct starting centroids.
+    std::vector<float> centroids(points.begin(), points.begin() + clusters * dim);
+    std::vector<int32_t> label(sample);
+    std::vector<float> to_centroid(sample);
+    const DistanceFn l2 = GetDistanceFn(Metric::kL2);
+    auto assign = [&]() {
+      parallel_for_(sample, clusters * dim, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          int32_t best = 0;
+          float best_d = kInf;
+          for (int64_t c = 0; c < clusters; ++c) {
+            const float d = Sanitize(l2(points.data() + i * dim, centroids.data() + c * dim, dim));
+            if (d < best_d) {
+              best_d = d;
+              best = static_cast<int32_t>(c);
+            }
+          }
+          label[i] = best;
+          to_centroid[i] = best_d;
+        }
+      });
+    };
+    std::vector<double> sums(clusters * dim);
+    std::vector<int64_t> sizes(clusters);
+    for (int step = 0; step < kLloydSteps; ++step) {
+      assign();
+      std::fill(sums.begin(), sums.end(), 0.0);
+      std::fill(sizes.begin(), sizes.end(), 0);
+      for (int64_t i = 0; i < sample; ++i) {
+        ++sizes[label[i]];
+        for (int64_t j = 0; j < dim; ++j) sums[label[i] * dim + j] += points[i * dim + j];
+      }
+      for (int64_t c = 0; c < clusters; ++c) {
+        if (sizes[c] == 0) continue;  // keeps its place; may win points next step
+        for (int64_t j = 0; j < dim; ++j) {
+          centroids[c * dim + j] = static_cast<float>(sums[c * dim + j] / static_cast<double>(sizes[c]));
+        }
+      }
+    }
+    assign();
+    std::vector<int32_t> nearest(clusters, -1);
+    for (int64_t i = 0; i < sample; ++i) {
+      const int32_t c = label[i];
+      if (nearest[c] < 0 || Closer(to_centroid[i], order[i], to_centroid[nearest[c]], order[nearest[c]])) {
+        nearest[c] = static_cast<int32_t>(i);
+      }
+    }
+    for (int64_t c = 0; c + 1 < count; ++c) {
+      out[c + 1] = c < clusters && nearest[c] >= 0 ? order[nearest[c]] : entry_;
+    }
   }
 
   // ---------------------------------------------------------------- 2a. exact kNN
@@ -420,6 +605,7 @@ class Builder {
     std::vector<float> normal(dim);
     std::vector<float> side;
     std::vector<int32_t> scratch;
+    std::vector<float> row_a(dim), row_b(dim), row_x(dim);
     // Depth-first over [begin, end) ranges; the stack holds ranges still to split, pushed
     // right then left so leaves come out left to right.
     std::vector<std::pair<int64_t, int64_t>> stack{{0, n_}};
@@ -433,8 +619,8 @@ class Builder {
       }
       const int32_t a = order[begin + static_cast<int64_t>(rng.Below(size))];
       const int32_t b = order[begin + static_cast<int64_t>(rng.Below(size))];
-      const float* xa = data_.Row(a);
-      const float* xb = data_.Row(b);
+      const float* xa = RowAsFloat(a, row_a.data());
+      const float* xb = RowAsFloat(b, row_b.data());
       double offset = 0.0;
       for (int64_t j = 0; j < dim; ++j) {
         normal[j] = xa[j] - xb[j];
@@ -442,7 +628,7 @@ class Builder {
       }
       side.resize(size);
       for (int64_t i = 0; i < size; ++i) {
-        const float* x = data_.Row(order[begin + i]);
+        const float* x = RowAsFloat(order[begin + i], row_x.data());
         side[i] = -neg_dot(normal.data(), x, dim) - static_cast<float>(offset);
       }
       // Stable partition: points on the positive side first.
@@ -497,26 +683,52 @@ class Builder {
         }
         pool.insert(pool.end(), rb, re);
         std::sort(pool.begin(), pool.end());
-        kept.clear();
-        for (size_t c = 0; c < pool.size() && static_cast<int64_t>(kept.size()) < m_; ++c) {
-          const Neighbour r = pool[c];
-          if (c > 0 && pool[c - 1].id == r.id) continue;  // same pair from both directions
-          bool occluded = false;
-          for (const Neighbour& q : kept) {
-            if (q.distance < r.distance && Dist(q.id, r.id) < r.distance) {
-              occluded = true;
-              break;
-            }
-          }
-          if (!occluded) kept.push_back(r);
-        }
-        for (size_t j = 0; j < kept.size(); ++j) {
-          graph_[v * m_ + j] = kept[j].id;
-          lengths_[v * m_ + j] = kept[j].distance;
-        }
-        degree_[v] = static_cast<int32_t>(kept.size());
+        SelectEdges(pool, &kept);
+        SetRow(v, kept);
       }
     });
+  }
+
+  // The edges of a vertex from its candidates, sorted by (distance, id) with repeats
+  // adjacent: nearest first, each kept unless an already kept edge occludes it, until
+  // max_degree are kept.
+  void SelectEdges(const std::vector<Neighbour>& pool, std::vector<Neighbour>* kept) const {
+    kept->clear();
+    for (size_t c = 0; c < pool.size() && static_cast<int64_t>(kept->size()) < m_; ++c) {
+      const Neighbour r = pool[c];
+      if (c > 0 && pool[c - 1].id == r.id) continue;  // the same candidate twice
+      bool occluded = false;
+      for (const Neighbour& q : *kept) {
+        if (Occludes(q.distance, r.distance, [&] { return Dist(q.id, r.id); })) {
+          occluded = true;
+          break;
+        }
+      }
+      if (!occluded) kept->push_back(r);
+    }
+  }
+
+  // Replaces v's row with `edges` (at most max_degree, shortest first).
+  void SetRow(int64_t v, const std::vector<Neighbour>& edges) {
+    const int64_t base = v * m_;
+    for (size_t j = 0; j < edges.size(); ++j) {
+      graph_[base + j] = edges[j].id;
+      lengths_[base + j] = edges[j].distance;
+    }
+    for (int64_t j = static_cast<int64_t>(edges.size()); j < m_; ++j) {
+      graph_[base + j] = -1;
+      lengths_[base + j] = kInf;
+    }
+    degree_[v] = static_cast<int32_t>(edges.size());
+    if (!lengths_known_.empty()) lengths_known_[v] = 1;
+  }
+
+  // Edge lengths of v's row, for a graph that came in without them (insertion).
+  void EnsureLengths(int32_t v) {
+    if (lengths_known_.empty() || lengths_known_[v]) return;
+    const int64_t base = static_cast<int64_t>(v) * m_;
+    for (int32_t j = 0; j < degree_[v]; ++j) lengths_[base + j] = Dist(v, graph_[base + j]);
+    lengths_known_[v] = 1;
   }
 
   // ---------------------------------------------------------------- 4. traverse-add
@@ -564,13 +776,14 @@ class Builder {
     for (int32_t j = 0; j < deg; ++j) {
       if (graph_[base + j] == t) return false;
     }
+    EnsureLengths(s);
     const float d_st = Dist(s, t);
     struct Edge {
       float length;
       int32_t id;
       uint8_t protect;
     };
-    Edge row[2 * 1024];  // max_degree is capped at 1024 by the op
+    Edge row[kMaxBuildDegree + 1];  // the op caps max_degree
     int32_t size = 0;
     bool inserted = false;
     for (int32_t j = 0; j < deg; ++j) {
@@ -578,8 +791,8 @@ class Builder {
       const float len = lengths_[base + j];
       const uint8_t prot = protect ? (*protect)[base + j] : 0;
       const float d_tr = Dist(t, r);
-      if (len < d_st && d_tr < d_st && !protect) return false;  // occluded by s->r
-      const bool occluded_by_t = d_st < len && d_tr < len;
+      if (!protect && Occludes(len, d_st, [&] { return d_tr; })) return false;  // s->r occludes s->t
+      const bool occluded_by_t = Occludes(d_st, len, [&] { return d_tr; });
       if (occluded_by_t && !prot) continue;
       if (!inserted && Closer(d_st, t, len, r)) {
         row[size++] = {d_st, t, static_cast<uint8_t>(protect ? 1 : 0)};
@@ -745,13 +958,22 @@ class Builder {
   std::vector<int32_t> graph_;   // [n, m] neighbour ids, -1 padded, shortest first
   std::vector<float> lengths_;   // [n, m] matching edge lengths
   std::vector<int32_t> degree_;  // real entries per row
+  std::vector<uint8_t> lengths_known_;  // insertion only: rows whose lengths_ are filled in
 };
 
 }  // namespace
 
 void BuildGraph(const Dataset& data, const BuildOptions& options, const ParallelFor& parallel_for,
-                int32_t* neighbours_out, int32_t* entry_out) {
-  Builder(data, options, parallel_for).Run(neighbours_out, entry_out);
+                int32_t* neighbours_out, int32_t* entry_points_out) {
+  Builder(data, options, parallel_for).Run(neighbours_out, entry_points_out);
+}
+
+void InsertVertices(const Dataset& data, int max_degree, const InsertOptions& options, const int32_t* entry_points,
+                    int64_t entry_count, int64_t start, const ParallelFor& parallel_for, int32_t* neighbours) {
+  BuildOptions build;
+  build.max_degree = max_degree;
+  build.metric = data.metric;
+  Builder(data, build, parallel_for).Insert(neighbours, entry_points, entry_count, start, options);
 }
 
 }  // namespace fanng

@@ -9,7 +9,7 @@
 //
 // Two stopping rules. The paper's is the distance budget alone: every query computes
 // `budget` distances (a budget >= n is an exhaustive search of everything reachable from
-// the entry). With a pool (`ef`, as hnswlib calls it) the search keeps the ef best
+// the entry points). With a pool (`ef`, as hnswlib calls it) the search keeps the ef best
 // vertices seen and also stops once the closest vertex with unexplored edges is farther
 // than all of them: easy queries finish early and hard ones go on, which buys more recall
 // per average distance than a fixed budget. Vertices farther than the whole pool when
@@ -66,12 +66,12 @@ struct CandidateLess {
 // recall per distance computed was the same within noise, at ~1.2x the queries/s.
 constexpr int kEdgesPerStep = 4;
 
-inline void PrefetchVector(const float* row, int64_t dim) {
+inline void PrefetchVector(const void* row, int64_t row_bytes) {
   // The first lines are what the distance kernel touches first; the hardware prefetcher
   // follows the rest of a sequential row once it sees the stream start. Cap the explicit
   // prefetches so very wide vectors do not flood the load queue.
   const char* p = reinterpret_cast<const char*>(row);
-  const int64_t bytes = std::min<int64_t>(dim * static_cast<int64_t>(sizeof(float)), 8 * 64);
+  const int64_t bytes = std::min<int64_t>(row_bytes, 8 * 64);
   for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
 }
 
@@ -98,13 +98,11 @@ SearchScratch& ThreadLocalSearchScratch() {
   return scratch;
 }
 
-void SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degree, int32_t entry,
-               const float* query, int k, int64_t budget, int64_t ef, SearchScratch& scratch,
+void SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degree, const int32_t* entry_points,
+               int64_t entry_count, const float* query, int k, int64_t budget, int64_t ef, SearchScratch& scratch,
                int32_t* ids_out, float* distances_out) {
   const int64_t n = data.n;
-  const int64_t dim = data.dim;
   const int64_t m = max_degree;  // at most 65535 (checked by the op) so a cursor fits 16 bits
-  const DistanceFn distance = data.distance;
 
   if (static_cast<int64_t>(scratch.state.size()) < n) {
     scratch.state.assign(n, 0);
@@ -147,11 +145,19 @@ void SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degre
                                                      : FrontierKey(best.front().distance, -1);
   };
 
-  state[entry] = tag;
-  const float entry_distance = Sanitize(distance(query, data.Row(entry), dim));
-  int64_t computed = 1;
-  offer(entry_distance, entry);
-  if (m > 0) frontier.push_back(FrontierKey(entry_distance, entry));
+  // Every entry point starts in the pool and the frontier; the search then expands the
+  // closest, so far entry points cost one distance each and are never walked from.
+  int64_t computed = 0;
+  for (int64_t e = 0; e < entry_count && computed < budget; ++e) {
+    const int32_t entry = entry_points[e];
+    if ((state[entry] & 0xffff0000u) == tag) continue;  // listed twice
+    state[entry] = tag;
+    const float entry_distance = Sanitize(data.QueryDistance(query, entry));
+    ++computed;
+    offer(entry_distance, entry);
+    if (m > 0) frontier.push_back(FrontierKey(entry_distance, entry));
+  }
+  std::make_heap(frontier.begin(), frontier.end(), frontier_order);
 
   int32_t batch[kEdgesPerStep];
   while (computed < budget && !frontier.empty()) {
@@ -166,7 +172,7 @@ void SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degre
       const int32_t u = row[j++];
       if ((state[u] & 0xffff0000u) != tag) {
         state[u] = tag;  // visited, cursor 0
-        PrefetchVector(data.Row(u), dim);
+        PrefetchVector(data.Row(u), data.row_bytes);
         batch[count++] = u;
       }
     }
@@ -178,7 +184,7 @@ void SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degre
     }
     for (int b = 0; b < count && computed < budget; ++b) {
       const int32_t u = batch[b];
-      const float d = Sanitize(distance(query, data.Row(u), dim));
+      const float d = Sanitize(data.QueryDistance(query, u));
       ++computed;
       if (!offer(d, u) && pool_rule) continue;
       // If u turns out closest, its edge list is read next.
