@@ -1,14 +1,15 @@
-"""Shared benchmark plumbing: paths, timing, and writing results as JSON and PNG."""
+"""Shared benchmark plumbing: paths, timing, CPU pinning, and writing results as JSON and PNG."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Hashable, Iterator, Mapping
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
@@ -38,6 +39,62 @@ def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def fastest_interleaved(tasks: Mapping[Hashable, Callable[[], object]], rounds: int) -> dict[Hashable, float]:
+    """Fastest wall time of each task over ``rounds`` rounds, every task timed once per round.
+
+    On a shared machine a slow spell then costs every competitor a round rather than
+    landing on whichever one was being timed at that moment; keeping each task's fastest
+    round drops the spells. Rounds alternate direction, so no task always follows the same
+    neighbour (caches, frequency).
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1. Received: {rounds}")
+    keys = list(tasks)
+    best = {key: float("inf") for key in keys}
+    for round_number in range(rounds):
+        for key in keys if round_number % 2 == 0 else reversed(keys):
+            started = time.perf_counter()
+            tasks[key]()
+            best[key] = min(best[key], time.perf_counter() - started)
+    return best
+
+
+def _thread_ids() -> list[int]:
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:  # not Linux: the calling thread only
+        return [0]
+
+
+@contextlib.contextmanager
+def pinned_to_cpus(cpus: set[int] | None) -> Iterator[set[int]]:
+    """Run the block with every thread of this process on ``cpus`` (None: leave as is).
+
+    Sets the affinity of all existing threads (thread pools started earlier included;
+    threads started inside inherit it) and restores the previous set afterwards. Where
+    affinity is unsupported the block runs unpinned.
+    """
+    if cpus is None or not hasattr(os, "sched_setaffinity"):
+        yield set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
+        return
+    previous = os.sched_getaffinity(0)
+    for tid in _thread_ids():
+        with contextlib.suppress(OSError):  # a thread may have ended meanwhile
+            os.sched_setaffinity(tid, cpus)
+    try:
+        yield set(cpus)
+    finally:
+        for tid in _thread_ids():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, previous)
+
+
+def machine_load() -> dict:
+    """The 1/5/15-minute load averages and CPU count: how busy the machine was around a run."""
+    one, five, fifteen = os.getloadavg() if hasattr(os, "getloadavg") else (None, None, None)
+    return {"load_1min": one, "load_5min": five, "load_15min": fifteen, "cpu_count": os.cpu_count()}
 
 
 def write_json(path: Path, payload: dict) -> Path:
