@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,28 +35,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np  # noqa: E402
 
 from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, machine, save_figure, write_json  # noqa: E402
+from hybrid_keras.datasets.camvid import CLASSES, VOID  # noqa: E402
 
-CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
-           "Bicyclist"]
-VOID = 11
+QUICK_RESULTS_DIR = Path(tempfile.gettempdir()) / "hybrid_keras_quick"  # --quick runs never touch the results
 CACHE_DIR = Path(os.environ.get("HYBRID_KERAS_CACHE", Path.home() / ".cache" / "hybrid_keras"))
 IMAGE_SIZE = (192, 256)  # CamVid's 360x480 at 0.53x, divisible by 32
 HYPERCOLUMN = ("block_5_add", "block_12_add", "block_16_project_BN")  # strides 8, 16, 32
 
 
 def load_split(data_dir: Path, split: str, limit: int | None = None):
-    """Images (uint8 resized bilinear) and masks (resized nearest) of one CamVid split."""
-    import tensorflow as tf
+    """Images (uint8, resized bilinear) and masks (int32, resized nearest) of one CamVid split, read through
+    the TFDS builder in its lists' order; ``limit`` keeps the first ones."""
+    from hybrid_keras import datasets
 
-    pairs = [line.split() for line in (data_dir / "camvid" / f"{split}.txt").read_text().splitlines() if line.strip()]
-    pairs = pairs[:limit] if limit else pairs
-    images, masks = [], []
-    for image_path, mask_path in pairs:
-        image = tf.io.decode_png(tf.io.read_file(str(data_dir / "camvid" / image_path)), channels=3)
-        mask = tf.io.decode_png(tf.io.read_file(str(data_dir / "camvid" / mask_path)), channels=1)
-        images.append(tf.image.resize(image, IMAGE_SIZE, antialias=True).numpy().round().astype(np.uint8))
-        masks.append(tf.image.resize(mask, IMAGE_SIZE, method="nearest").numpy()[..., 0])
-    return np.stack(images), np.stack(masks).astype(np.int32)
+    examples = datasets.load("camvid", split=split, manual_dir=data_dir / "camvid")
+    examples = examples.take(limit) if limit else examples
+    return datasets.to_numpy(datasets.image_mask_pairs(examples, image_size=IMAGE_SIZE))
 
 
 def feature_model(weights: str | None):
@@ -200,7 +195,8 @@ def bar_figure(results: dict, path: Path):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"where results go (default {RESULTS_DIR}; with --quick, {QUICK_RESULTS_DIR})")
     parser.add_argument("--weights", default=None, help="ImageNet weights for the backbone (a tag or a local file)")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--pixels-per-image", type=int, default=3000)
@@ -209,6 +205,7 @@ def main(argv=None) -> int:
                         help="load the FCN a previous run trained (same split and epochs) instead of training it again")
     parser.add_argument("--quick", action="store_true", help="a few images and epochs, to check the script runs")
     args = parser.parse_args(argv)
+    args.out = args.out or (QUICK_RESULTS_DIR if args.quick else RESULTS_DIR)
 
     import keras
     import tensorflow as tf
@@ -219,7 +216,7 @@ def main(argv=None) -> int:
     limit = 8 if args.quick else None
     epochs = 2 if args.quick else args.epochs
     train_images, train_masks = load_split(args.data, "train", limit)
-    val_images, val_masks = load_split(args.data, "val", limit)
+    val_images, val_masks = load_split(args.data, "validation", limit)
     test_images, test_masks = load_split(args.data, "test", limit)
     print(f"CamVid at {IMAGE_SIZE}: train {len(train_images)}, val {len(val_images)}, test {len(test_images)}")
 

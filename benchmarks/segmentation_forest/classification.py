@@ -7,10 +7,11 @@ forest (ydf, compiled to ``ForestLayer`` in log_sum mode) and (c) a Gaussian-ker
 Reports test accuracy and each head's training time (the softmax head's includes the
 backbone, which the other two reuse). Writes ``classification_heads.json`` and ``.png``.
 
-Sets: MNIST (the 10k test split in the data dir, 8,000 train / 2,000 test by index) and
-CIFAR-10 JPEG (1,000 images, 70 % / 30 % per class).
+Sets, read through the TFDS builders of ``hybrid_keras.datasets``: MNIST (the 10k test split
+in the data dir, 8,000 train / 2,000 test by index) and CIFAR-10 JPEG (1,000 images, 70 % /
+30 % per class).
 
-    ./dev.sh bench benchmarks/segmentation_forest/classification.py [--data ../shared/data]
+    ./dev.sh bench benchmarks/segmentation_forest/classification.py [--data ../shared/data] [--quick]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,28 +30,30 @@ import numpy as np  # noqa: E402
 
 from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, machine, save_figure, write_json  # noqa: E402
 
-CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+QUICK_RESULTS_DIR = Path(tempfile.gettempdir()) / "hybrid_keras_quick"  # --quick runs never touch the results
 
 
-def mnist(data_dir: Path):
-    from hybrid_keras.demo import load_mnist, to_rgb32
+def mnist(data_dir: Path, quick: bool):
+    """The MNIST test split, 8,000 / 2,000 by index, as 32x32 RGB (zero-padded, grey repeated)."""
+    from hybrid_keras import datasets
 
-    images, labels = load_mnist(data_dir / "mnist")
-    images = to_rgb32(images)
-    return (images[:8000], labels[:8000]), (images[8000:], labels[8000:])
+    def arrays(split):
+        examples = datasets.load("mnist", split=split, manual_dir=data_dir / "mnist")
+        return datasets.to_numpy(datasets.image_label_pairs(examples, image_size=(32, 32), method="pad", rgb=True))
+
+    return arrays("test[:1000]" if quick else "test[:8000]"), arrays("test[9500:]" if quick else "test[8000:]")
 
 
-def cifar(data_dir: Path):
-    import tensorflow as tf
+def cifar(data_dir: Path, quick: bool):
+    """The 1,000 CIFAR-10 JPEG test images, files 0000-0069 of each class / 0070-0099 (the builder's
+    class round-robin order makes these prefix slices)."""
+    from hybrid_keras import datasets
 
-    train, test = ([], []), ([], [])
-    for label, name in enumerate(CIFAR_CLASSES):
-        paths = sorted((data_dir / "cifar10_jpg" / "test" / name).glob("*.jpg"))
-        for i, path in enumerate(paths):
-            split = train if i < 0.7 * len(paths) else test
-            split[0].append(tf.io.decode_jpeg(tf.io.read_file(str(path)), channels=3).numpy())
-            split[1].append(label)
-    return tuple((np.stack(x), np.array(y)) for x, y in (train, test))
+    def arrays(split):
+        examples = datasets.load("cifar10_jpeg", split=split, manual_dir=data_dir / "cifar10_jpg")
+        return datasets.to_numpy(datasets.image_label_pairs(examples))
+
+    return arrays("test[:30%]" if quick else "test[:70%]"), arrays("test[90%:]" if quick else "test[70%:]")
 
 
 def compare(name, train, test, epochs: int) -> dict:
@@ -100,12 +104,16 @@ def compare(name, train, test, epochs: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"where results go (default {RESULTS_DIR}; with --quick, {QUICK_RESULTS_DIR})")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="fewer images, one epoch: to check the script runs")
     args = parser.parse_args(argv)
+    args.out = args.out or (QUICK_RESULTS_DIR if args.quick else RESULTS_DIR)
+    epochs = 1 if args.quick else args.epochs
     results = {"machine": machine(), "backbone": "mobilenet_v2 alpha 0.35, trained here", "sets": {}}
-    results["sets"]["MNIST"] = compare("MNIST", *mnist(args.data), epochs=args.epochs)
-    results["sets"]["CIFAR-10 (1k JPEG)"] = compare("CIFAR-10", *cifar(args.data), epochs=3 * args.epochs)
+    results["sets"]["MNIST"] = compare("MNIST", *mnist(args.data, args.quick), epochs=epochs)
+    results["sets"]["CIFAR-10 (1k JPEG)"] = compare("CIFAR-10", *cifar(args.data, args.quick), epochs=3 * epochs)
     write_json(args.out / "classification_heads.json", results)
 
     import matplotlib
