@@ -7,7 +7,7 @@ copies runs unchanged on the full datasets (``tfds.load("mnist")``, ``"cifar10"`
 ``"coco/2017"``, ``"voc"``):
 
 ================  ==============================  =====================================================
-name              TFDS builder (catalogue twin)   splits of the copy the benchmarks use
+name              TFDS builder (catalogue twin)   splits of the copy in shared/data
 ================  ==============================  =====================================================
 ``mnist``         ``hybrid_keras_mnist`` (mnist)  test 10,000 (shipped with the project; the default)
 ``cifar10_jpeg``  ``hybrid_keras_cifar10_jpeg``   test 1,000 (JPEG re-encodings; class round-robin order)
@@ -30,7 +30,7 @@ Usage::
 ``load`` prepares the dataset into ``data_dir`` (TFDS's default, ``~/tensorflow_datasets``,
 unless given) the first time, and again whenever the files in ``manual_dir`` change.
 JPEG images decode with the accurate integer IDCT, so pixels equal PIL's, OpenCV's and
-torchvision's (TFDS's default fast IDCT differs from them by up to about 20 levels).
+torchvision's (TFDS's default fast IDCT differs from them by up to 22 levels on COCO photos).
 
 The builders are registered with TFDS under their ``hybrid_keras_*`` names once their
 module is imported, so ``tfds.load("hybrid_keras_camvid", download_and_prepare_kwargs=
@@ -48,7 +48,8 @@ import os
 
 from hybrid_keras.datasets.keras_inputs import image_label_pairs, image_mask_pairs, to_numpy
 
-__all__ = ["DATASETS", "builder", "prepare", "load", "image_label_pairs", "image_mask_pairs", "to_numpy"]
+__all__ = ["DATASETS", "builder_class", "builder", "prepare", "load", "image_label_pairs", "image_mask_pairs",
+           "to_numpy"]
 
 # Short name -> "module:class" of its builder (imported on first use: TFDS is heavy).
 DATASETS = {

@@ -57,9 +57,9 @@ shared/data/cifar10_jpg holds its first 100 test images of each class.
         return {split: self._generate_examples(root, split) for split in ("train", "test") if (root / split).is_dir()}
 
     def _generate_examples(self, root, split):
-        per_class = [sorted((root / split / name).glob("*.jpg")) for name in CLASSES]
-        round_robin = itertools.zip_longest(*[[(label, path) for path in paths] for label, paths in enumerate(per_class)])
-        index = 0
-        for label, path in (item for row in round_robin for item in row if item is not None):
+        per_class = [[(label, path) for path in sorted((root / split / name).glob("*.jpg"))]
+                     for label, name in enumerate(CLASSES)]
+        rows = itertools.zip_longest(*per_class)  # (first of each class), (second of each class), ...
+        in_order = (item for row in rows for item in row if item is not None)
+        for index, (label, path) in enumerate(in_order):
             yield index, {"id": path.relative_to(root).as_posix(), "image": path, "label": label}
-            index += 1
