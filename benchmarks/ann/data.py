@@ -3,6 +3,8 @@
 Every dataset serves its query sets from one base, so each index is built once and
 searched with all of them:
 
+Images are read through ``hybrid_keras.datasets`` (TFDS builders over the local copies).
+
 - ``sift``: OpenCV SIFT descriptors (128-D) of the BSDS500 photos, split by photo. The
   photos of the base split give the base and the ``in_distribution`` queries (descriptors
   drawn at random from those photos and removed from the base: other descriptors of the
@@ -58,33 +60,34 @@ def _split_by_group(vectors: np.ndarray, groups: np.ndarray, held_out_groups: in
 
 
 # ---------------------------------------------------------------------- SIFT
-def bsds500_images(data_dir: Path) -> list[Path]:
-    images = sorted((data_dir / "bsds500" / "images").rglob("*.jpg"))
-    if not images:
-        raise FileNotFoundError(f"no BSDS500 images under {data_dir / 'bsds500' / 'images'}; pass --data")
-    return images
+def _load(name: str, data_dir: Path, split: str):
+    """A dataset of ``hybrid_keras.datasets`` read from its copy under ``data_dir``."""
+    from hybrid_keras import datasets
+
+    return datasets.load(name, split=split, manual_dir=data_dir / name)
 
 
 def sift_by_photo(data_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """SIFT descriptors of every BSDS500 photo, their photo index, and the photo names
-    (cached: extraction takes a minute)."""
-    images = bsds500_images(data_dir)
-    cache = CACHE_DIR / f"bsds500_sift_by_photo_{len(images)}.npz"
+    """SIFT descriptors of every BSDS500 photo, their photo index, and the photo names in
+    file-name order (cached: extraction takes a minute)."""
+    cache = CACHE_DIR / "bsds500_sift_by_photo.npz"
     if cache.exists():
         saved = np.load(cache)
         return saved["descriptors"], saved["photo"], [str(n) for n in saved["names"]]
     import cv2
 
+    photos = sorted(((str(e["image/filename"], "utf-8") if isinstance(e["image/filename"], bytes)
+                      else str(e["image/filename"]), e["image"])
+                     for e in _load("bsds500", data_dir, "test").as_numpy_iterator()), key=lambda pair: pair[0])
     sift = cv2.SIFT_create()
     parts, photo = [], []
-    for number, path in enumerate(images):
-        gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        _, descriptors = sift.detectAndCompute(gray, None)
+    for number, (_, rgb) in enumerate(photos):
+        _, descriptors = sift.detectAndCompute(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), None)
         if descriptors is not None:
             parts.append(descriptors.astype(np.float32))
             photo.append(np.full(len(descriptors), number, np.int32))
     descriptors, photo = np.concatenate(parts), np.concatenate(photo)
-    names = [p.stem for p in images]
+    names = [Path(name).stem for name, _ in photos]
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, descriptors=descriptors, photo=photo, names=np.array(names))
     return descriptors, photo, names
@@ -102,35 +105,28 @@ def sift(data_dir: Path, held_out_photos: int, queries: int, limit: int | None =
 
 
 # ---------------------------------------------------------------------- embeddings
-def camvid_frames(data_dir: Path, limit: int | None) -> list[Path]:
-    paths = sorted((data_dir / "camvid").glob("*/*.png"))
-    paths = [p for p in paths if not p.parent.name.endswith("annot")][:limit]
-    if not paths:
-        raise FileNotFoundError(f"no CamVid frames under {data_dir / 'camvid'}; pass --data")
-    return paths
-
-
 def camvid_cells(data_dir: Path, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """MobileNetV2 (zoo, alpha 1.0, seeded random init) stride-16 cells of CamVid frames,
-    L2-normalised, and each cell's frame index (cached)."""
-    paths = camvid_frames(data_dir, limit)
-    cache = CACHE_DIR / f"camvid_mobilenet_v2_cells_by_frame_{len(paths)}.npz"
+    """MobileNetV2 (zoo, alpha 1.0, seeded random init) stride-16 cells of CamVid frames
+    (all splits, in file-name order, the first ``limit``), L2-normalised, and each cell's
+    frame index (cached)."""
+    cache = CACHE_DIR / f"camvid_mobilenet_v2_cells_by_frame_{limit or 'all'}.npz"
     if cache.exists():
         saved = np.load(cache)
         return saved["cells"], saved["frame"]
     import keras
-    import tensorflow as tf
 
     import zoo
 
+    frames = sorted(((str(e["file_name"]), e["image"]) for e in
+                     _load("camvid", data_dir, "train+validation+test").as_numpy_iterator()), key=lambda pair: pair[0])
+    frames = frames[:limit]
     keras.utils.set_random_seed(0)
     # Zoo models take raw RGB pixels in [0, 255]: their preprocessing is their first layer.
     backbone = zoo.load("mobilenet_v2", include_top=False, input_shape=(360, 480, 3))
     cells = keras.Model(backbone.input, backbone.get_layer("block_12_add").output)
     parts, frame = [], []
-    for start in range(0, len(paths), 16):
-        batch = np.stack([tf.io.decode_png(tf.io.read_file(str(p)), channels=3).numpy()
-                          for p in paths[start: start + 16]]).astype(np.float32)
+    for start in range(0, len(frames), 16):
+        batch = np.stack([image for _, image in frames[start: start + 16]]).astype(np.float32)
         features = np.asarray(cells.predict(batch, verbose=0))
         parts.append(features.reshape(-1, features.shape[-1]))
         per_frame = features.shape[1] * features.shape[2]

@@ -88,8 +88,7 @@ class Fanng(Method):
         return np.concatenate(list(self._pool.map(lambda part: self._search(part, setting), halves)))
 
     def index_bytes(self):
-        with tempfile.TemporaryDirectory() as folder:
-            return self.index.save(Path(folder) / "index.fanng").stat().st_size
+        return int(self.index.memory_bytes)  # vectors, neighbour lists, ids, entry points
 
 
 # ---------------------------------------------------------------------- hnswlib

@@ -26,7 +26,6 @@ Writes ``ann.json`` and ``ann.png`` (``report.py`` renders the README table from
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import os
 import sys
@@ -53,45 +52,27 @@ def log(message: str) -> None:
 
 
 # ---------------------------------------------------------------------- which methods
-def fanng_variants(max_degree: int) -> list[methods.Fanng]:
-    """FANNG in every storage type and with every entry-point option ``FanngIndex`` offers.
+def fanng_variants(max_degree: int, entry_point_counts=(1, 256)) -> list[methods.Fanng]:
+    """FANNG's default configuration first (float32 vectors, the default number of entry
+    points), then each other storage type, each other entry-point count, and the paper's
+    budget rule over the default graph (a search option: it shares the default's build)."""
+    import inspect
 
-    The first is the library's default configuration. Variants that only change a search
-    option share the default's graph, so they cost no extra build."""
     from hybrid_keras.fanng import FanngIndex
+    from hybrid_keras.fanng.index import STORAGES
 
-    construct = inspect.signature(FanngIndex.__init__).parameters
-    searching = inspect.signature(FanngIndex.search).parameters
+    default_entries = inspect.signature(FanngIndex.__init__).parameters["entry_points"].default
     default = methods.Fanng("FANNG", max_degree)
     default.default = True
     variants = [default]
-    shared = [methods.Fanng("FANNG, paper's budget rule", max_degree, rule="budget")]
-    for option, where in (("storage", construct), ("vector_dtype", construct)):
-        for value in _choices(where.get(option), ("float16", "uint8")):
-            variants.append(methods.Fanng(f"FANNG {value}", max_degree, index_options={option: value}))
-    for option in ("entry_points", "entry"):
-        if option in construct:
-            for value in _choices(construct[option], ()):
-                variants.append(methods.Fanng(f"FANNG entry={value}", max_degree, index_options={option: value}))
-        if option in searching:
-            for value in _choices(searching[option], ()):
-                shared.append(methods.Fanng(f"FANNG entry={value}", max_degree, search_options={option: value}))
-    for method in shared:
-        method.shares_graph_of = default
-    return variants + shared
-
-
-def _choices(parameter, wanted) -> list:
-    """Values to try for an index option: ``wanted`` (when the option exists), else the
-    values its annotation lists (a ``Literal[...]``), minus the default."""
-    if parameter is None:
-        return []
-    values = list(wanted)
-    if not values:
-        annotation = str(parameter.annotation)
-        values = [v.strip(" '\"") for v in annotation.split("[", 1)[1].rstrip("]").split(",")] \
-            if "Literal[" in annotation else []
-    return [v for v in values if v != parameter.default]
+    variants += [methods.Fanng(f"FANNG {storage}", max_degree, index_options={"storage": storage})
+                 for storage in STORAGES if storage != "float32"]
+    variants += [methods.Fanng(f"FANNG {count} entry point{'s' if count > 1 else ''}", max_degree,
+                               index_options={"entry_points": count})
+                 for count in entry_point_counts if count != default_entries]
+    budget_rule = methods.Fanng("FANNG, paper's budget rule", max_degree, rule="budget")
+    budget_rule.shares_graph_of = default
+    return variants + [budget_rule]
 
 
 def peers(hnsw_ms, faiss_hnsw: bool, scann: bool) -> list[methods.Method]:
@@ -249,6 +230,7 @@ def main(argv=None) -> int:
     parser.add_argument("--random-size", type=int, default=1_000_000)
     parser.add_argument("--hnsw-m", default="16,32,48")
     parser.add_argument("--max-degree", type=int, default=32)
+    parser.add_argument("--entry-points", default="1,256", help="FANNG entry-point counts to try beside the default")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", default="1,2", help="thread counts to time (1 is pinned to one core)")
     parser.add_argument("--cpu", type=int, default=None, help="core for the single-threaded parts (default: the last)")
@@ -293,7 +275,7 @@ def main(argv=None) -> int:
         # On uniform random data the HNSW builds take over 5x FANNG's (faiss HNSW32 at 1M about 35
         # minutes single-threaded) and no graph is useful anyway: one hnswlib M and exact search.
         is_random = name == "random"
-        chosen = fanng_variants(args.max_degree) + peers(hnsw_ms[:1] if is_random else hnsw_ms,
+        chosen = fanng_variants(args.max_degree, [int(c) for c in args.entry_points.split(",") if c]) + peers(hnsw_ms[:1] if is_random else hnsw_ms,
                                                           faiss_hnsw=not (args.no_faiss_hnsw or is_random),
                                                           scann=scann["available"] and not is_random)
         results["datasets"][name] = benchmark(dataset, chosen, rounds, threads, cpu)
@@ -303,14 +285,18 @@ def main(argv=None) -> int:
                 dataset.base, dataset.queries["held_out"], initial, added, batch=added // 10, cpu=cpu,
                 max_degree=args.max_degree)}
         del chosen
+        finish(results, started, args.out / args.name)  # after every dataset: a long run keeps what it measured
+    for goal, value in results["goals"].items():
+        log(f"goal {goal}: {value}")
+    return 0
+
+
+def finish(results: dict, started: float, stem: Path) -> None:
     results["goals"] = report.goals(results)
     results["load_after"] = machine_load()
     results["seconds"] = time.perf_counter() - started
-    for goal, value in results["goals"].items():
-        log(f"goal {goal}: {value}")
-    write_json(args.out / f"{args.name}.json", results)
-    report.plot(results, args.out / f"{args.name}.png")
-    return 0
+    write_json(stem.with_suffix(".json"), results)
+    report.plot(results, stem.with_suffix(".png"))
 
 
 if __name__ == "__main__":
