@@ -1,8 +1,9 @@
 """SavedModel export for TensorFlow Serving, and its self-check in a fresh process.
 
 ``export_saved_model(model, "saved_models/pets/1")`` writes the version directory TF
-Serving expects (``<model_base_path>/<version>``) with three signatures, each with
-the model's preprocessing inside the graph so clients send plain pixels:
+Serving expects (``<model_base_path>/<version>``). An image model (one input
+[batch, H, W, C]) gets three signatures; zoo models normalise inside their first layer
+(``hybrid_keras.layers.Preprocessing``), so clients send plain pixels:
 
 ======================  ===================================  ==========================
 signature               input                                 meaning
@@ -13,7 +14,14 @@ signature               input                                 meaning
                                                                resized to H x W
 ======================  ===================================  ==========================
 
-Outputs are a dict keyed by the model's output names (``model.output_names``).
+Any other model (a forest on tabular features, a kNN head on stored embeddings) gets
+one ``serving_default`` signature whose input ``features`` is a float32 tensor of the
+model's input shape. Outputs are a dict keyed by the model's output names
+(``model.output_names``).
+
+Export never guesses a normalisation: what the model's graph does is what is served.
+``preprocessing=`` prepends one for an image model built elsewhere that lacks it (and
+is refused for a model that already has a Preprocessing layer).
 
 After writing, the export checks itself: a fresh Python process that imports only
 TensorFlow (plus ``tf.load_op_library`` when the graph uses this project's FANNG
@@ -35,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hybrid_keras.preprocessing import check_mode, preprocess
+from hybrid_keras.preprocessing import check_mode
 
 log = logging.getLogger("hybrid_keras")
 
@@ -48,18 +56,28 @@ class ExportVerificationError(AssertionError):
     """The exported SavedModel, loaded in a fresh process, does not reproduce the Keras model."""
 
 
-def _model_image_shape(model, image_size):
+IMAGE_SIGNATURES = ("serving_default", "serve_uint8", "serve_image_bytes")
+
+
+def _single_input_shape(model) -> tuple:
     shape = model.input_shape
-    if isinstance(shape, list):
-        raise ValueError(f"export_saved_model needs a single-input image model; {model.name!r} has {len(shape)} inputs")
-    if len(shape) != 4:
-        raise ValueError(f"export_saved_model needs images [batch, height, width, channels]; {model.name!r} takes {shape}")
+    if isinstance(shape, list) or (isinstance(shape, tuple) and shape and isinstance(shape[0], tuple)):
+        raise ValueError(f"export_saved_model needs a single-input model; {model.name!r} has {len(model.inputs)} inputs")
+    return tuple(shape)
+
+
+def is_image_model(model) -> bool:
+    """One input of shape [batch, height, width, 1 or 3]."""
+    shape = _single_input_shape(model)
+    return len(shape) == 4 and shape[-1] in (1, 3)
+
+
+def _model_image_shape(model, image_size):
+    shape = _single_input_shape(model)
     height, width, channels = shape[1:]
-    if channels is None:
-        raise ValueError(f"{model.name!r} has an unknown channel count in its input {shape}")
     if image_size is not None:
         if len(image_size) != 2 or any(int(s) < 1 for s in image_size):
-            raise ValueError(f"image_size must be (height, width), got {image_size!r}")
+            raise ValueError(f"image_size must be (height, width). Received: image_size={image_size!r}")
         if (height, width) != (None, None) and tuple(image_size) != (height, width):
             raise ValueError(f"image_size={tuple(image_size)} differs from the model's input size {(height, width)}")
         height, width = (int(s) for s in image_size)
@@ -71,11 +89,34 @@ def _model_image_shape(model, image_size):
     return int(height), int(width), int(channels)
 
 
+def _feature_shape(model) -> tuple:
+    shape = _single_input_shape(model)
+    if any(side is None for side in shape[1:]):
+        raise ValueError(f"export_saved_model needs the non-batch dimensions of {model.name!r}'s input; it takes {shape}")
+    return shape
+
+
+def _output_names(model) -> list[str]:
+    # Functional models name their outputs; a Sequential model has no output_names.
+    names = getattr(model, "output_names", None)
+    return list(names) if names else [f"output_{i}" for i in range(len(model.outputs))]
+
+
 def _output_dict(model, outputs):
-    names = list(model.output_names)
+    names = _output_names(model)
     if not isinstance(outputs, (list, tuple)):
         outputs = [outputs]
     return dict(zip(names, outputs))
+
+
+def _describe_preprocessing(model, prepended) -> dict:
+    from hybrid_keras.layers import find_preprocessing
+
+    layer = prepended or find_preprocessing(model)
+    if layer is None:
+        return {"mode": "none", "inside_model": False}
+    return {**{k: v for k, v in layer.get_config().items() if k in ("mode", "channel_order", "scale", "mean", "std")},
+            "inside_model": prepended is None}
 
 
 def export_saved_model(
@@ -85,62 +126,87 @@ def export_saved_model(
     preprocessing: str | None = None,
     image_size: tuple[int, int] | None = None,
     verify: bool = True,
-    verify_images=None,
+    verify_inputs=None,
     verbose: bool = False,
 ) -> Path:
     """Write ``model`` as a TF Serving SavedModel at ``path`` and (by default) verify it.
 
     Args:
-        model: a Keras 3 model taking one image batch [B, H, W, C].
+        model: a Keras 3 model with one input: images [B, H, W, C] (C = 1 or 3) get the
+            float, uint8 and encoded-image signatures; any other input shape gets a
+            ``features`` tensor signature.
         path: the version directory, e.g. ``saved_models/pets/1``. It must not exist
             or be empty (TF Serving versions are immutable).
-        preprocessing: ``"caffe"``, ``"torch"``, ``"tf"`` or ``"none"``; by default the
-            ``preprocessing`` attribute that ``zoo.load`` sets on its models, else
-            ``"none"``.
-        image_size: (height, width) for models that accept any size.
+        preprocessing: None (default: serve the model as it is; zoo models carry their
+            normalisation as their first layer), or a mode of
+            ``hybrid_keras.preprocessing.MODES`` to prepend for an image model built
+            elsewhere that expects normalised input.
+        image_size: (height, width) for image models that accept any size.
         verify: reload in a fresh TensorFlow-only process and compare outputs.
-        verify_images: uint8 images [B, H, W, C] to verify with (default: random
-            noise). Give real ones for heads that are discontinuous in their input,
-            such as kNN: on noise images many stored examples are almost equally far,
-            and rounding differences between eager and graph execution can swap the
-            k-th neighbour.
+        verify_inputs: inputs to verify with: uint8 images [B, H, W, C] for an image
+            model, arrays of the input shape otherwise (default: random ones). Give real
+            ones for heads that are discontinuous in their input, such as kNN: on noise
+            many stored examples are almost equally far, and rounding differences
+            between eager and graph execution can swap the k-th neighbour.
 
     Returns the path written.
     """
     import keras
     import tensorflow as tf
 
+    from hybrid_keras.layers import Preprocessing, find_preprocessing
+
     if not isinstance(model, keras.Model):
-        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
+        raise TypeError(f"model must be a keras.Model. Received: {type(model).__name__}")
     path = Path(path)
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"{path} exists and is not empty; TF Serving versions are immutable, use a new version directory")
-    mode = check_mode(preprocessing or getattr(model, "preprocessing", None) or "none")
-    if preprocessing is None and getattr(model, "preprocessing", None) is None:
-        log.info("%s: no preprocessing recorded on the model; exporting with 'none'", model.name)
-    height, width, channels = _model_image_shape(model, image_size)
-    shape = (None, height, width, channels)
+    image_model = is_image_model(model)
+    prepended = None
+    if preprocessing is not None:
+        check_mode(preprocessing)
+        if not image_model:
+            raise ValueError(f"preprocessing={preprocessing!r} applies to image models; {model.name!r} takes "
+                             f"{model.input_shape}")
+        existing = find_preprocessing(model)
+        if existing is not None:
+            raise ValueError(f"{model.name!r} already starts with a Preprocessing layer ({existing.mode!r}); exporting "
+                             f"with preprocessing={preprocessing!r} would normalise twice. Pass preprocessing=None.")
+        prepended = Preprocessing(preprocessing, name="export_preprocessing")
 
-    def serve_float(images):
-        return _output_dict(model, model(preprocess(images, mode), training=False))
-
-    def serve_uint8(images):
-        return serve_float(tf.cast(images, tf.float32))
-
-    def decode(encoded):
-        image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
-        image = tf.image.resize(tf.cast(image, tf.float32), (height, width), method="bilinear")
-        return tf.ensure_shape(image, (height, width, channels))
-
-    def serve_image_bytes(image_bytes):
-        images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32))
-        return serve_float(images)
+    def run(inputs):
+        return _output_dict(model, model(prepended(inputs) if prepended is not None else inputs, training=False))
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", serve_float, [tf.TensorSpec(shape, tf.float32, name="images")])
-    archive.add_endpoint("serve_uint8", serve_uint8, [tf.TensorSpec(shape, tf.uint8, name="images")])
-    archive.add_endpoint("serve_image_bytes", serve_image_bytes, [tf.TensorSpec((None,), tf.string, name="image_bytes")])
+    metadata = {"model": model.name, "outputs": _output_names(model),
+                "preprocessing": _describe_preprocessing(model, prepended)}
+    if image_model:
+        height, width, channels = _model_image_shape(model, image_size)
+        shape = (None, height, width, channels)
+
+        def serve_uint8(images):
+            return run(tf.cast(images, tf.float32))
+
+        def decode(encoded):
+            image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+            image = tf.image.resize(tf.cast(image, tf.float32), (height, width), method="bilinear")
+            return tf.ensure_shape(image, (height, width, channels))
+
+        def serve_image_bytes(image_bytes):
+            images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32))
+            return run(images)
+
+        archive.add_endpoint("serving_default", run, [tf.TensorSpec(shape, tf.float32, name="images")])
+        archive.add_endpoint("serve_uint8", serve_uint8, [tf.TensorSpec(shape, tf.uint8, name="images")])
+        archive.add_endpoint("serve_image_bytes", serve_image_bytes, [tf.TensorSpec((None,), tf.string, name="image_bytes")])
+        metadata["image_shape"] = [height, width, channels]
+    else:
+        if image_size is not None:
+            raise ValueError(f"image_size applies to image models; {model.name!r} takes {model.input_shape}")
+        shape = _feature_shape(model)
+        archive.add_endpoint("serving_default", run, [tf.TensorSpec(shape, tf.float32, name="features")])
+        metadata["feature_shape"] = list(shape[1:])
     # Written beside the target and renamed once verified, so TF Serving (which polls the
     # base directory) never sees a half-written or unverified version.
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,12 +214,9 @@ def export_saved_model(
     try:
         archive.write_out(str(staging), options=tf.saved_model.SaveOptions(namespace_whitelist=[OP_NAMESPACE]), verbose=verbose)
         (staging / "assets.extra").mkdir(exist_ok=True)
-        (staging / "assets.extra" / "hybrid_keras.json").write_text(
-            json.dumps({"model": model.name, "preprocessing": mode, "image_shape": [height, width, channels],
-                        "outputs": list(model.output_names)}, indent=2)
-        )
+        (staging / "assets.extra" / "hybrid_keras.json").write_text(json.dumps(metadata, indent=2))
         if verify:
-            verify_saved_model(model, staging, preprocessing=mode, image_size=(height, width), images=verify_images)
+            verify_saved_model(model, staging, preprocessing=preprocessing, image_size=image_size, inputs=verify_inputs)
         if path.exists():
             path.rmdir()  # empty, checked above
         os.replace(staging, path)
@@ -169,6 +232,7 @@ def uses_custom_ops(path: str | os.PathLike) -> bool:
 
 
 # Runs in a fresh interpreter: only TensorFlow (and the op library, if the graph needs it).
+# Each input array is named "<signature>.<argument>".
 _CHECK_SCRIPT = textwrap.dedent(
     """
     import sys, numpy as np, tensorflow as tf
@@ -178,10 +242,9 @@ _CHECK_SCRIPT = textwrap.dedent(
     loaded = tf.saved_model.load(saved_model)
     data = np.load(inputs_file)
     results = {}
-    for signature, arg, value in [("serving_default", "images", data["float_images"]),
-                                  ("serve_uint8", "images", data["uint8_images"]),
-                                  ("serve_image_bytes", "image_bytes", data["encoded"])]:
-        outputs = loaded.signatures[signature](**{arg: tf.constant(value)})
+    for key in data.files:
+        signature, argument = key.split(".", 1)
+        outputs = loaded.signatures[signature](**{argument: tf.constant(data[key])})
         for name, tensor in outputs.items():
             results[signature + "/" + name] = tensor.numpy()
     np.savez(outputs_file, **results)
@@ -194,32 +257,48 @@ def _max_relative_diff(actual: np.ndarray, expected: np.ndarray) -> float:
 
 
 def verify_saved_model(model, path, *, preprocessing: str | None = None, image_size=None, batch: int = 2, seed: int = 0,
-                       images=None) -> dict:
+                       inputs=None) -> dict:
     """Load ``path`` in a fresh TensorFlow-only process and compare all signatures with ``model``.
 
-    ``images``: uint8 [B, H, W, C] to compare on; by default ``batch`` random ones.
+    ``preprocessing``: the mode the export prepended (None when the model carries its own).
+    ``inputs``: uint8 images [B, H, W, C] for an image model, or arrays of the model's
+    input shape; by default ``batch`` random ones.
 
     Returns ``{signature/output: max relative difference}``; raises
     ExportVerificationError when any exceeds 1e-5.
     """
+    import keras
     import tensorflow as tf
 
-    mode = check_mode(preprocessing or getattr(model, "preprocessing", None) or "none")
-    height, width, channels = _model_image_shape(model, image_size)
+    from hybrid_keras.layers import Preprocessing
+
     rng = np.random.default_rng(seed)
-    if images is None:
-        uint8_images = rng.integers(0, 256, size=(batch, height, width, channels), dtype=np.uint8)
+    if is_image_model(model):
+        height, width, channels = _model_image_shape(model, image_size)
+        if inputs is None:
+            uint8_images = rng.integers(0, 256, size=(batch, height, width, channels), dtype=np.uint8)
+        else:
+            uint8_images = np.asarray(inputs)
+            if uint8_images.dtype != np.uint8 or uint8_images.shape[1:] != (height, width, channels):
+                raise ValueError(f"inputs must be uint8 [B, {height}, {width}, {channels}]. Received: "
+                                 f"{uint8_images.dtype} {uint8_images.shape}")
+        # PNG is lossless, so the decoded bytes equal uint8_images exactly; resizing to the
+        # same size is the identity. (A PNG ends with the IEND CRC, never a NUL byte, so the
+        # fixed-width bytes array NumPy stores gives each file back unchanged.)
+        encoded = np.array([tf.io.encode_png(image).numpy() for image in uint8_images], dtype=bytes)
+        signature_inputs = {"serving_default.images": uint8_images.astype(np.float32),
+                            "serve_uint8.images": uint8_images, "serve_image_bytes.image_bytes": encoded}
+        model_inputs = uint8_images.astype(np.float32)
+        if preprocessing is not None:
+            model_inputs = Preprocessing(check_mode(preprocessing))(model_inputs)
     else:
-        uint8_images = np.asarray(images)
-        if uint8_images.dtype != np.uint8 or uint8_images.shape[1:] != (height, width, channels):
-            raise ValueError(f"images must be uint8 [B, {height}, {width}, {channels}], got {uint8_images.dtype} "
-                             f"{uint8_images.shape}")
-    # PNG is lossless, so the decoded bytes equal uint8_images exactly; resizing to the
-    # same size is the identity. (A PNG ends with the IEND CRC, never a NUL byte, so the
-    # fixed-width bytes array NumPy stores gives each file back unchanged.)
-    encoded = np.array([tf.io.encode_png(image).numpy() for image in uint8_images], dtype=bytes)
-    expected = _output_dict(model, model(preprocess(uint8_images, mode), training=False))
-    expected = {name: np.asarray(value) for name, value in expected.items()}
+        shape = _feature_shape(model)
+        model_inputs = (rng.normal(size=(batch, *shape[1:])) if inputs is None else np.asarray(inputs)).astype(np.float32)
+        if model_inputs.shape[1:] != shape[1:]:
+            raise ValueError(f"inputs must be [B, {', '.join(map(str, shape[1:]))}]. Received: {model_inputs.shape}")
+        signature_inputs = {"serving_default.features": model_inputs}
+    expected = _output_dict(model, model(model_inputs, training=False))
+    expected = {name: keras.ops.convert_to_numpy(value) for name, value in expected.items()}
 
     op_library = ""
     if uses_custom_ops(path):
@@ -228,7 +307,7 @@ def verify_saved_model(model, path, *, preprocessing: str | None = None, image_s
         op_library = str(library_path())
     with tempfile.TemporaryDirectory() as tmp:
         inputs_file, outputs_file = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
-        np.savez(inputs_file, float_images=uint8_images.astype(np.float32), uint8_images=uint8_images, encoded=encoded)
+        np.savez(inputs_file, **signature_inputs)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
         result = subprocess.run(
             [sys.executable, "-c", _CHECK_SCRIPT, str(path), str(inputs_file), str(outputs_file), op_library],
@@ -241,7 +320,8 @@ def verify_saved_model(model, path, *, preprocessing: str | None = None, image_s
             for key in served.files:
                 signature, name = key.split("/", 1)
                 diffs[key] = _max_relative_diff(served[key], expected[name])
-    missing = {f"{s}/{n}" for s in ("serving_default", "serve_uint8", "serve_image_bytes") for n in expected} - set(diffs)
+    signatures = {key.split(".", 1)[0] for key in signature_inputs}
+    missing = {f"{s}/{n}" for s in signatures for n in expected} - set(diffs)
     if missing:
         raise ExportVerificationError(f"the SavedModel at {path} lacks outputs {sorted(missing)}")
     worst = max(diffs, key=diffs.get)

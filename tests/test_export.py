@@ -27,7 +27,8 @@ def test_export_verifies_and_serves_every_signature(tmp_path, outputs):
     model = _small_model(outputs)
     path = hk.export_saved_model(model, tmp_path / "tiny" / "1", preprocessing="torch")
     meta = json.loads((path / "assets.extra" / "hybrid_keras.json").read_text())
-    assert meta["preprocessing"] == "torch" and meta["image_shape"] == [16, 16, 3]
+    assert meta["preprocessing"]["mode"] == "torch" and not meta["preprocessing"]["inside_model"]
+    assert meta["image_shape"] == [16, 16, 3]
     diffs = verify_saved_model(model, path, preprocessing="torch", seed=7)
     signatures = {key.split("/")[0] for key in diffs}
     assert signatures == {"serving_default", "serve_uint8", "serve_image_bytes"}
@@ -46,11 +47,31 @@ def test_preprocessing_is_inside_the_graph(tmp_path):
     np.testing.assert_allclose(served["probabilities"].numpy(), model(by_hand).numpy(), atol=1e-6)
 
 
-def test_zoo_preprocessing_attribute_is_used(tmp_path):
-    model = _small_model()
-    model.preprocessing = "tf"
+def test_a_model_with_its_own_preprocessing_is_served_as_it_is(tmp_path):
+    """Nothing is added or guessed; asking for a second normalisation is refused."""
+    from hybrid_keras.layers import Preprocessing
+
+    inputs = keras.Input((16, 16, 3), name="image")
+    model = keras.Model(inputs, _small_model()(Preprocessing("tf", name="preprocessing")(inputs)))
     path = hk.export_saved_model(model, tmp_path / "m" / "1")
-    assert json.loads((path / "assets.extra" / "hybrid_keras.json").read_text())["preprocessing"] == "tf"
+    meta = json.loads((path / "assets.extra" / "hybrid_keras.json").read_text())["preprocessing"]
+    assert meta["mode"] == "tf" and meta["inside_model"]
+    with pytest.raises(ValueError, match="normalise twice"):
+        hk.export_saved_model(model, tmp_path / "m" / "2", preprocessing="tf")
+
+
+def test_feature_vector_models_get_a_tensor_signature(tmp_path):
+    import tensorflow as tf
+
+    model = keras.Sequential([keras.Input((5,), name="features"), keras.layers.Dense(2, name="scores")])
+    path = hk.export_saved_model(model, tmp_path / "vectors" / "1")  # verified in a fresh process
+    loaded = tf.saved_model.load(str(path))
+    assert sorted(loaded.signatures) == ["serving_default"]
+    rows = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+    served = loaded.signatures["serving_default"](features=tf.constant(rows))
+    np.testing.assert_allclose(list(served.values())[0].numpy(), model(rows).numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="image models"):
+        hk.export_saved_model(model, tmp_path / "vectors" / "2", preprocessing="torch")
 
 
 def test_verification_catches_a_mismatch(tmp_path):
@@ -89,7 +110,7 @@ def test_bad_arguments(tmp_path):
     (tmp_path / "taken" / "x").write_text("")
     with pytest.raises(FileExistsError, match="immutable"):
         hk.export_saved_model(model, tmp_path / "taken")
-    with pytest.raises(ValueError, match="preprocessing mode"):
+    with pytest.raises(ValueError, match="preprocessing must be one of"):
         hk.export_saved_model(model, tmp_path / "a", preprocessing="imagenet")
     with pytest.raises(TypeError, match="keras.Model"):
         hk.export_saved_model("vgg16", tmp_path / "b")
@@ -99,9 +120,10 @@ def test_bad_arguments(tmp_path):
         hk.export_saved_model(flexible, tmp_path / "c")
     path = hk.export_saved_model(flexible, tmp_path / "d" / "1", image_size=(8, 12))
     assert json.loads((path / "assets.extra" / "hybrid_keras.json").read_text())["image_shape"] == [8, 12, 3]
-    vector_model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match="images"):
-        hk.export_saved_model(vector_model, tmp_path / "e")
+    first, second = keras.Input((4,)), keras.Input((4,))
+    two_inputs = keras.Model([first, second], keras.layers.Add()([first, second]))
+    with pytest.raises(ValueError, match="single-input"):
+        hk.export_saved_model(two_inputs, tmp_path / "e")
 
 
 def test_serving_command_names_model_and_base(tmp_path):

@@ -23,10 +23,30 @@ def _register(name, **kw):
     return registry.register_model(name, **defaults)
 
 
+def _no_model(card, weights=None):
+    return None
+
+
+def test_builders_must_take_their_card_and_weights(scratch_name):
+    with pytest.raises(TypeError, match="card"):
+        _register(scratch_name)(lambda weights=None: None)
+
+
+def test_listing_the_registry_imports_no_keras():
+    import subprocess
+    import sys
+
+    script = "import sys, zoo; zoo.list_models(); print(zoo.model_card('vgg16')); print('keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "False"
+
+
 def test_register_load_and_card(scratch_name):
     @_register(scratch_name)
-    def tiny(weights=None, classes=3):
+    def tiny(card, weights=None, classes=3):
         import keras
+
+        assert card.name == scratch_name  # the registry hands the builder its card
 
         inputs = keras.Input((8, 8, 3))
         return keras.Model(inputs, keras.layers.Dense(classes)(keras.layers.Flatten()(inputs)))
@@ -43,9 +63,9 @@ def test_register_load_and_card(scratch_name):
 
 
 def test_duplicate_name_is_an_error(scratch_name):
-    _register(scratch_name)(lambda **kw: None)
+    _register(scratch_name)(_no_model)
     with pytest.raises(ValueError, match="already registered"):
-        _register(scratch_name)(lambda **kw: None)
+        _register(scratch_name)(_no_model)
 
 
 def test_unknown_name_suggests_close_matches():
@@ -60,14 +80,14 @@ def test_unknown_name_suggests_close_matches():
 def test_unknown_task_and_tag(scratch_name):
     with pytest.raises(ValueError, match="task"):
         zoo.list_models(task="juggling")
-    _register(scratch_name)(lambda **kw: None)
+    _register(scratch_name)(_no_model)
     with pytest.raises(ValueError, match="known tags"):
         zoo.model_card(scratch_name).weight("imagenet_v9")
 
 
 def test_default_tag_must_exist(scratch_name):
     with pytest.raises(ValueError, match="default_weights"):
-        _register(scratch_name, default_weights="nope")(lambda **kw: None)
+        _register(scratch_name, default_weights="nope")(_no_model)
 
 
 def test_every_registered_model_has_a_complete_card():

@@ -19,7 +19,7 @@ def test_alexnet_matches_torchvision_through_pth(tmp_path, zip_format):
     ref = torchvision.models.alexnet()
     path = tmp_path / "alexnet.pth"
     torch.save(ref.state_dict(), path, _use_new_zipfile_serialization=zip_format)
-    model = zoo.load("alexnet", weights=str(path), classifier_activation=None)
+    model = zoo.load("alexnet", weights=str(path), classifier_activation=None, include_preprocessing=False)
     images = np.random.default_rng(0).normal(size=(2, 224, 224, 3)).astype("float32")
     assert np.max(np.abs(model(images).numpy() - torch_logits(ref, images))) <= 1e-4
     assert model.count_params() == sum(p.numel() for p in ref.parameters()) == zoo.model_card("alexnet").parameters

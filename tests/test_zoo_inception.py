@@ -27,7 +27,7 @@ def test_googlenet_matches_torchvision_through_pth(tmp_path, zip_format):
     ref = _torch_googlenet()
     path = tmp_path / "googlenet.pth"
     torch.save(ref.state_dict(), path, _use_new_zipfile_serialization=zip_format)
-    model = zoo.load("googlenet", weights=str(path), classifier_activation=None)
+    model = zoo.load("googlenet", weights=str(path), classifier_activation=None, include_preprocessing=False)
     assert np.max(np.abs(model(IMAGES).numpy() - torch_logits(ref, IMAGES))) <= 1e-4
     ref.aux1 = ref.aux2 = None  # torchvision counts its published parameters without the aux heads
     bn_channels = sum(l.weights[0].shape[0] for l in model.layers if isinstance(l, keras.layers.BatchNormalization))
@@ -38,7 +38,8 @@ def test_googlenet_matches_torchvision_through_pth(tmp_path, zip_format):
 def test_aux_heads_load_and_match_torch_training_outputs(tmp_path):
     ref = _torch_googlenet()
     torch.save(ref.state_dict(), tmp_path / "g.pth")
-    model = zoo.load("googlenet", weights=str(tmp_path / "g.pth"), aux_logits=True, classifier_activation=None)
+    model = zoo.load("googlenet", weights=str(tmp_path / "g.pth"), aux_logits=True, classifier_activation=None,
+                     include_preprocessing=False)
     assert [o.name for o in model.outputs] != [] and len(model.outputs) == 3
     # torch's aux heads run only in training mode; compare them with dropout disabled.
     ref.train()

@@ -14,16 +14,21 @@ from zoo.weights import WeightsError
 from tests.zoo_reference import randomise_torch_batchnorm, save_keras_applications_h5, torch_logits
 
 IMAGES = np.random.default_rng(0).normal(size=(1, 224, 224, 3)).astype("float32")
+PIXELS = np.random.default_rng(1).integers(0, 256, size=(1, 224, 224, 3)).astype("uint8")
+TORCH_MEAN, TORCH_STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
 
 
 @pytest.mark.parametrize("name, reference", [("vgg16", keras.applications.VGG16), ("vgg19", keras.applications.VGG19)])
 def test_matches_keras_applications_through_h5(tmp_path, name, reference):
     ref = reference(weights=None, classifier_activation=None)
     path = save_keras_applications_h5(ref, tmp_path / f"{name}.h5")
-    model = zoo.load(name, weights=str(path), classifier_activation=None)
+    model = zoo.load(name, weights=str(path), classifier_activation=None, include_preprocessing=False)
     assert np.max(np.abs(model(IMAGES).numpy() - ref(IMAGES).numpy())) <= 1e-4
     assert model.count_params() == ref.count_params() == zoo.model_card(name).parameters
-    assert model.preprocessing == "caffe"
+    # By default the model takes raw pixels and normalises as keras.applications' preprocess_input does.
+    raw = zoo.load(name, weights=str(path), classifier_activation=None)
+    expected = ref(keras.applications.imagenet_utils.preprocess_input(PIXELS.astype("float32"), mode="caffe"))
+    assert np.max(np.abs(raw(PIXELS).numpy() - expected.numpy())) <= 1e-3
 
 
 @pytest.mark.parametrize("name, zip_format", [("vgg11", True), ("vgg11_bn", False)], ids=["zip", "legacy-bn"])
@@ -33,9 +38,12 @@ def test_matches_torchvision_through_pth(tmp_path, name, zip_format):
     randomise_torch_batchnorm(ref)
     path = tmp_path / f"{name}.pth"
     torch.save(ref.state_dict(), path, _use_new_zipfile_serialization=zip_format)
-    model = zoo.load(name, weights=str(path), classifier_activation=None)
+    model = zoo.load(name, weights=str(path), classifier_activation=None, include_preprocessing=False)
     assert np.max(np.abs(model(IMAGES).numpy() - torch_logits(ref, IMAGES))) <= 1e-4
-    assert model.preprocessing == "torch"
+    # Raw pixels in: the model normalises as torchvision's Normalize(mean, std) after ToTensor does.
+    raw = zoo.load(name, weights=str(path), classifier_activation=None)
+    normalised = (PIXELS.astype("float32") / 255.0 - TORCH_MEAN) / TORCH_STD
+    assert np.max(np.abs(raw(PIXELS).numpy() - torch_logits(ref, normalised))) <= 1e-4
 
 
 @pytest.mark.parametrize("name", ["vgg13", "vgg16_bn", "vgg19_bn"])
@@ -75,6 +83,10 @@ def test_bad_input():
         zoo.load("vgg16", classes=0)
     with pytest.raises(ValueError, match="pooling"):
         zoo.load("vgg16", include_top=False, pooling="mean")
+    with pytest.raises(ValueError, match="classifier_activation"):
+        zoo.load("vgg16", classifier_activation="softmaxx")
+    with pytest.raises(TypeError, match="include_preprocessing"):
+        zoo.load("vgg16", include_top=False, include_preprocessing="caffe")
 
 
 def test_weights_of_another_architecture_are_refused(tmp_path):
@@ -88,7 +100,7 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
 
 
 def test_decode_predictions_uses_shipped_class_names():
-    from zoo.architectures.vgg import decode_predictions
+    from zoo.common import decode_predictions
 
     scores = np.zeros((1, 1000), np.float32)
     scores[0, 1] = 1.0

@@ -22,7 +22,7 @@ def embed(backbone, *, layer: str | None = None, pooling: str = "avg", normalize
     ``load_kwargs``, e.g. ``weights``, ``input_shape``, ``alpha``) or a Keras model.
     ``layer`` reads an inner layer instead of the output; feature maps are pooled
     with ``pooling``; ``normalize`` L2-normalises the result (cosine geometry). The
-    model keeps the backbone's ``preprocessing`` for export.
+    backbone's preprocessing layer stays the first layer, so the embedder takes raw pixels.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -38,6 +38,4 @@ def embed(backbone, *, layer: str | None = None, pooling: str = "avg", normalize
         raise ValueError(f"cannot embed features of shape {features.shape}; expected [B, D] or [B, H, W, C]")
     if normalize:
         features = L2Normalize(name="embedding_l2")(features)
-    model = keras.Model(backbone.inputs, features, name=name or f"{backbone.name}_embedding")
-    model.preprocessing = getattr(backbone, "preprocessing", None)
-    return model
+    return keras.Model(backbone.inputs, features, name=name or f"{backbone.name}_embedding")

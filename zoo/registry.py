@@ -3,13 +3,21 @@
 A registered entry is a :class:`ModelCard`: what the model is for, its input size,
 its reference, its preprocessing and the pretrained weight files it can load.
 ``zoo.load(name, ...)`` calls the builder; ``zoo.model_card(name)`` describes it.
+
+A builder is written as ``def vgg16(card, include_top=True, weights=None, ...)``: the
+decorator hands it its card and resolves ``weights=`` before the call
+(:func:`zoo.common.resolve_weights`, the one place that interprets it), so the builder
+receives a :class:`zoo.common.ResolvedWeights` or None. The public function it returns
+has the keras.applications signature, without ``card``. Nothing here imports Keras.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Callable
+import functools
+import inspect
+from typing import Any, Callable, Mapping
 
 from zoo.weights import WeightSpec
 
@@ -34,6 +42,9 @@ class ModelCard:
     description: str = ""
     parameters: int | None = None  # with the 1000-class top, as the reference implementation counts them
     reference_implementation: str = ""
+    # Builder arguments a weights file of a format needs, e.g. MobileNetV2's
+    # {"torch-pth": {"layout": "torchvision"}}.
+    format_arguments: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     def weight(self, tag: str) -> WeightSpec:
         """The weight file for ``tag`` ("imagenet" means this model's default)."""
@@ -42,6 +53,9 @@ class ModelCard:
         for spec in self.weights:
             if spec.tag == tag:
                 return spec
+        if not self.weights:
+            raise ValueError(f"weights={tag!r}: {self.name} has no published weights; pass None (random "
+                             "initialisation) or a .weights.h5 file saved from a model of this family")
         known = ["imagenet"] * bool(self.default_weights) + [s.tag for s in self.weights]
         raise ValueError(
             f"weights={tag!r} is not a weight tag of {self.name!r}; known tags: {known or 'none'} "
@@ -95,12 +109,13 @@ def register_model(
     description: str = "",
     parameters: int | None = None,
     reference_implementation: str = "",
+    format_arguments: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a builder under ``name``. Registering a name twice is an error."""
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not one of {TASKS}")
 
-    def decorate(builder: Callable[..., Any]) -> Callable[..., Any]:
+    def decorate(build: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is already registered (by {_REGISTRY[name].builder.__module__})")
         tags = [spec.tag for spec in weights]
@@ -108,7 +123,26 @@ def register_model(
             raise ValueError(f"{name!r} lists a weight tag twice: {tags}")
         if default_weights is not None and default_weights not in tags:
             raise ValueError(f"{name!r}: default_weights={default_weights!r} is not among its tags {tags}")
-        _REGISTRY[name] = ModelCard(
+        signature = inspect.signature(build)
+        if next(iter(signature.parameters), None) != "card" or "weights" not in signature.parameters:
+            raise TypeError(f"the builder of {name!r} must take (card, ..., weights=None, ...)")
+        public_signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+
+        @functools.wraps(build)
+        def builder(*args, **kwargs):
+            bound = public_signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            extra = arguments.pop(next((p.name for p in public_signature.parameters.values()
+                                        if p.kind is inspect.Parameter.VAR_KEYWORD), "__none__"), {})
+            from zoo.common import resolve_weights
+
+            arguments["weights"] = resolve_weights(card, arguments)
+            return build(card, **arguments, **extra)
+
+        builder.__signature__ = public_signature
+        builder.model_name = name
+        card = ModelCard(
             name=name,
             builder=builder,
             task=task,
@@ -121,8 +155,9 @@ def register_model(
             description=description,
             parameters=parameters,
             reference_implementation=reference_implementation,
+            format_arguments=dict(format_arguments or {}),
         )
-        builder.model_name = name
+        _REGISTRY[name] = card
         return builder
 
     return decorate

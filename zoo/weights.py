@@ -18,7 +18,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -45,7 +45,6 @@ class WeightSpec:
     hash_algorithm: str = "sha256"
     size_bytes: int | None = None
     classes: int = 1000
-    class_names: str = "imagenet"  # zoo/data/<class_names>_classes.txt
     includes_top: bool = True
     top1: float | None = None  # publisher's reported ImageNet-1k validation accuracy (%)
     top5: float | None = None
@@ -281,12 +280,6 @@ def take(state: Mapping[str, np.ndarray], key: str, source: str = "checkpoint") 
 
 def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet-1k class names in the standard index order (shipped, no download)."""
-    return class_names("imagenet")
-
-
-def class_names(name: str) -> list[str]:
-    path = Path(__file__).resolve().parent / "data" / f"{name}_classes.txt"
+    path = Path(__file__).resolve().parent / "data" / "imagenet_classes.txt"
     return path.read_text(encoding="utf-8").splitlines()
 
-
-Converter = Callable[[Any, Path, WeightSpec | None, bool], None]

@@ -1,7 +1,10 @@
 """Layers the classic architectures need that Keras lacks. All are registered
-serializable, so models using them round-trip through ``.keras`` files."""
+serializable, so models using them round-trip through ``.keras`` files, and use
+``keras.ops`` only, so they run on every Keras backend."""
 
 from hybrid_keras.layers.normalization import L2Normalize, LocalResponseNormalization
 from hybrid_keras.layers.pooling import AdaptiveAveragePooling2D
+from hybrid_keras.layers.preprocessing import Preprocessing, find_preprocessing
 
-__all__ = ["AdaptiveAveragePooling2D", "L2Normalize", "LocalResponseNormalization"]
+__all__ = ["AdaptiveAveragePooling2D", "L2Normalize", "LocalResponseNormalization", "Preprocessing",
+           "find_preprocessing"]

@@ -13,14 +13,11 @@ response normalisation after conv1 and conv2 (``lrn=False`` drops it), overlappi
 
 from __future__ import annotations
 
-import keras
-import numpy as np
-from keras import layers
-
-from hybrid_keras.layers import LocalResponseNormalization
 from hybrid_keras.preprocessing import preprocess_numpy
 from zoo import common
-from zoo.registry import get_card, register_model
+from zoo.common import decode_predictions  # noqa: F401  (keras.applications' per-family name)
+from zoo.lazy import hk_layers, layers
+from zoo.registry import register_model
 from zoo.weights import WeightSpec, load_state_dict, take, torch_conv, torch_dense
 
 REFERENCE = "Krizhevsky, Sutskever & Hinton, ImageNet Classification with Deep Convolutional Neural Networks, NeurIPS 2012"
@@ -47,36 +44,39 @@ def _conv(x, filters, kernel, *, stride=1, padding=0, groups=1, name):
     description="AlexNet; variant='torchvision' (default, single tower) or 'original' (2012: two groups, LRN, 227 input)",
     parameters=61_100_840, reference_implementation="torchvision alexnet (variant='torchvision')",
 )
-def alexnet(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
-            classifier_activation="softmax", variant="torchvision", lrn=True, dropout=0.5, name=None):
-    """Build AlexNet (keras.applications signature, plus ``variant``, ``lrn`` and ``dropout``).
+def alexnet(card, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
+            classifier_activation="softmax", include_preprocessing=True, variant="torchvision", lrn=True, dropout=0.5,
+            name=None):
+    """Build AlexNet (keras.applications signature, plus ``include_preprocessing``, ``variant``,
+    ``lrn`` and ``dropout``).
 
-    ``weights``: None, "imagenet" / "imagenet_torchvision" (torchvision layout only) or a ``.pth`` path.
+    ``weights``: None, "imagenet" / "imagenet_torchvision" (torchvision layout only), a ``.pth``
+    path or a ``.weights.h5`` saved from this model.
     """
-    card = get_card("alexnet")
-    common.check_arguments("alexnet", weights=weights, include_top=include_top, classes=classes, pooling=pooling,
+    common.check_arguments("alexnet", include_top=include_top, classes=classes, pooling=pooling,
                            classifier_activation=classifier_activation)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if variant == "original" and weights is not None:
+    if variant == "original" and weights is not None and weights.format != common.KERAS_WEIGHTS:
         raise ValueError("weights: no pretrained weights exist for variant='original' (the 2012 two-group layout); use variant='torchvision'")
     original = variant == "original"
     img_input = common.model_input(input_tensor, input_shape, default_shape=(227, 227, 3) if original else (224, 224, 3),
                                    fixed_size=include_top, min_size=63, name=f"alexnet ({variant})")
+    x = common.preprocessing(img_input, card, weights, include_preprocessing)
     if original:
-        x = _conv(img_input, 96, 11, stride=4, name="conv1")
+        x = _conv(x, 96, 11, stride=4, name="conv1")
         if lrn:
-            x = LocalResponseNormalization(size=5, alpha=5e-4, beta=0.75, k=2.0, name="conv1_lrn")(x)
+            x = hk_layers.LocalResponseNormalization(size=5, alpha=5e-4, beta=0.75, k=2.0, name="conv1_lrn")(x)
         x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
         x = _conv(x, 256, 5, padding=2, groups=2, name="conv2")
         if lrn:
-            x = LocalResponseNormalization(size=5, alpha=5e-4, beta=0.75, k=2.0, name="conv2_lrn")(x)
+            x = hk_layers.LocalResponseNormalization(size=5, alpha=5e-4, beta=0.75, k=2.0, name="conv2_lrn")(x)
         x = layers.MaxPooling2D(3, strides=2, name="pool2")(x)
         x = _conv(x, 384, 3, padding=1, name="conv3")
         x = _conv(x, 384, 3, padding=1, groups=2, name="conv4")
         x = _conv(x, 256, 3, padding=1, groups=2, name="conv5")
     else:
-        x = _conv(img_input, 64, 11, stride=4, padding=2, name="conv1")
+        x = _conv(x, 64, 11, stride=4, padding=2, name="conv1")
         x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
         x = _conv(x, 192, 5, padding=2, name="conv2")
         x = layers.MaxPooling2D(3, strides=2, name="pool2")(x)
@@ -92,14 +92,11 @@ def alexnet(include_top=True, weights=None, input_tensor=None, input_shape=None,
         x = layers.Dropout(dropout, name="fc7_dropout")(x)
         x = layers.Dense(4096, activation="relu", name="fc7")(x)
         x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    else:
+        x = common.pooled(x, pooling)
 
-    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
-    model = keras.Model(inputs, x, name=name or ("alexnet" if not original else "alexnet_2012"))
-    return common.load_weights(model, card, weights, include_top=include_top, top_layers=TOP_LAYERS,
+    model = common.functional_model(input_tensor, img_input, x, name or ("alexnet" if not original else "alexnet_2012"))
+    return common.load_weights(model, card, weights, top_layers=TOP_LAYERS,
                                converters={"torch-pth": _load_torch_pth})
 
 
@@ -121,10 +118,3 @@ def _load_torch_pth(model, path):
 def preprocess_input(x, mode: str = "torch"):
     """torchvision preprocessing (``/255``, ImageNet mean and std). ``x``: RGB in [0, 255]."""
     return preprocess_numpy(x, mode)
-
-
-def decode_predictions(predictions, top: int = 5):
-    """[(class index, class name, score), ...] per row, with the shipped ImageNet names."""
-    from zoo.architectures.vgg import decode_predictions as decode
-
-    return decode(np.asarray(predictions), top)

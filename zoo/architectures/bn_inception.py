@@ -9,13 +9,11 @@ the max pools between stages. No official Keras or torchvision weights exist.
 
 from __future__ import annotations
 
-import keras
-from keras import layers
-
 from hybrid_keras.preprocessing import preprocess_numpy
 from zoo import common
-from zoo.architectures.googlenet import ceil_max_pool, conv_bn
-from zoo.registry import get_card, register_model
+from zoo.common import ceil_max_pool, conv_bn
+from zoo.lazy import layers
+from zoo.registry import register_model
 
 REFERENCE = "Ioffe & Szegedy, Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate Shift, ICML 2015"
 EPSILON = 1e-5
@@ -60,16 +58,16 @@ def _block(x, name, c1, c3r, c3, d3r, d3, pool, proj, stride):
     description="Inception with batch normalisation (Ioffe & Szegedy 2015, Figure 5); no official weights published",
     parameters=11_305_256, reference_implementation="the paper's Figure 5 (block output widths checked in tests)",
 )
-def bn_inception(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
-                 classifier_activation="softmax", dropout=0.0, name=None):
-    """Build BN-Inception (keras.applications signature). ``weights``: None or a ``.weights.h5``
-    file saved from this model (no official weights exist)."""
-    card = get_card("bn_inception")
-    common.check_arguments("bn_inception", weights=weights, include_top=include_top, classes=classes, pooling=pooling,
+def bn_inception(card, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
+                 classifier_activation="softmax", include_preprocessing=True, dropout=0.0, name=None):
+    """Build BN-Inception (keras.applications signature plus ``include_preprocessing``).
+    ``weights``: None or a ``.weights.h5`` file saved from this model (no official weights exist)."""
+    common.check_arguments("bn_inception", include_top=include_top, classes=classes, pooling=pooling,
                            classifier_activation=classifier_activation)
     img_input = common.model_input(input_tensor, input_shape, default_shape=(224, 224, 3), fixed_size=False,
                                    min_size=32, name="bn_inception", include_top=include_top)
-    x = conv_bn(img_input, 64, 7, stride=2, padding=3, epsilon=EPSILON, name="conv1")
+    x = common.preprocessing(img_input, card, weights, include_preprocessing)
+    x = conv_bn(x, 64, 7, stride=2, padding=3, epsilon=EPSILON, name="conv1")
     x = ceil_max_pool(x, 3, 2, "pool1")
     x = conv_bn(x, 64, 1, epsilon=EPSILON, name="conv2_reduce")
     x = conv_bn(x, 192, 3, padding=1, epsilon=EPSILON, name="conv2")
@@ -81,19 +79,11 @@ def bn_inception(include_top=True, weights=None, input_tensor=None, input_shape=
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = layers.Dropout(dropout, name="dropout")(x)
         x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    else:
+        x = common.pooled(x, pooling)
 
-    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
-    model = keras.Model(inputs, x, name=name or "bn_inception")
-    model = common.load_weights(model, card, None, include_top=include_top, converters={})
-    if weights is not None:
-        if not str(weights).endswith(".weights.h5"):
-            raise ValueError(f"weights={weights!r}: bn_inception has no published weights; pass None or a .weights.h5 file saved from this model")
-        model.load_weights(weights)
-    return model
+    model = common.functional_model(input_tensor, img_input, x, name or "bn_inception")
+    return common.load_weights(model, card, weights, converters={})
 
 
 def preprocess_input(x, mode: str = "tf"):

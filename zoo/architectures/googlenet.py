@@ -13,16 +13,12 @@ trained with ``loss_weights=AUX_LOSS_WEIGHTS`` (1, 0.3, 0.3, as in the paper).
 
 from __future__ import annotations
 
-import math
-
-import keras
-import numpy as np
-from keras import layers
-
-from hybrid_keras.layers import AdaptiveAveragePooling2D
 from hybrid_keras.preprocessing import preprocess_numpy
 from zoo import common
-from zoo.registry import get_card, register_model
+from zoo.common import ceil_max_pool, conv_bn
+from zoo.common import decode_predictions  # noqa: F401  (keras.applications' per-family name)
+from zoo.lazy import hk_layers, keras, layers
+from zoo.registry import register_model
 from zoo.weights import WeightSpec, WeightsError, load_state_dict, take, torch_batchnorm, torch_conv, torch_dense
 
 REFERENCE = "Szegedy et al., Going Deeper with Convolutions, CVPR 2015"
@@ -51,36 +47,6 @@ _TORCHVISION = WeightSpec(
 )
 
 
-def conv_bn(x, filters, kernel, *, stride=1, padding=0, epsilon=1e-3, name):
-    """Convolution (no bias), batch norm, ReLU: torchvision's BasicConv2d."""
-    if padding:
-        x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
-    x = layers.Conv2D(filters, kernel, strides=stride, use_bias=False, name=name)(x)
-    x = layers.BatchNormalization(epsilon=epsilon, momentum=0.9, name=f"{name}_bn")(x)
-    return layers.ReLU(name=f"{name}_relu")(x)
-
-
-def ceil_max_pool(x, size, stride, name):
-    """Max pooling with torch's ceil_mode=True: a partial window at the bottom/right edge counts.
-
-    The inputs follow ReLUs (>= 0), so zero padding cannot win the max.
-    """
-    height, width = x.shape[1], x.shape[2]
-    if height is None or width is None:
-        return layers.MaxPooling2D(size, strides=stride, padding="same", name=name)(x)
-
-    def extra(n):
-        out = math.ceil((n - size) / stride) + 1
-        if (out - 1) * stride >= n:  # the last window must start inside the input
-            out -= 1
-        return max(0, (out - 1) * stride + size - n)
-
-    pad_h, pad_w = extra(height), extra(width)
-    if pad_h or pad_w:
-        x = layers.ZeroPadding2D(((0, pad_h), (0, pad_w)), name=f"{name}_pad")(x)
-    return layers.MaxPooling2D(size, strides=stride, name=name)(x)
-
-
 def _inception(x, name, c1, c3r, c3, c5r, c5, pool_proj):
     branch1 = conv_bn(x, c1, 1, name=f"{name}_branch1")
     branch2 = conv_bn(x, c3r, 1, name=f"{name}_branch2a")
@@ -93,7 +59,7 @@ def _inception(x, name, c1, c3r, c3, c5r, c5, pool_proj):
 
 
 def _aux_head(x, name, classes, classifier_activation):
-    x = AdaptiveAveragePooling2D(4, name=f"{name}_pool")(x)
+    x = hk_layers.AdaptiveAveragePooling2D(4, name=f"{name}_pool")(x)
     x = conv_bn(x, 128, 1, name=f"{name}_conv")
     x = layers.Flatten(name=f"{name}_flatten")(x)
     x = layers.Dense(1024, activation="relu", name=f"{name}_fc1")(x)
@@ -108,21 +74,22 @@ def _aux_head(x, name, classes, classifier_activation):
     parameters=6_624_904 + 2 * 7_280,
     reference_implementation="torchvision googlenet (6,624,904 without BN buffers; Keras counts BN moving statistics)",
 )
-def googlenet(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
-              classifier_activation="softmax", aux_logits=False, dropout=0.2, name=None):
-    """Build GoogLeNet (keras.applications signature plus ``aux_logits`` and ``dropout``).
+def googlenet(card, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
+              classifier_activation="softmax", include_preprocessing=True, aux_logits=False, dropout=0.2, name=None):
+    """Build GoogLeNet (keras.applications signature plus ``include_preprocessing``,
+    ``aux_logits`` and ``dropout``).
 
     With ``aux_logits=True`` the model has three outputs for training; compile it with
     ``loss_weights=AUX_LOSS_WEIGHTS`` and serve ``inference_model(model)``.
     """
-    card = get_card("googlenet")
-    common.check_arguments("googlenet", weights=weights, include_top=include_top, classes=classes, pooling=pooling,
+    common.check_arguments("googlenet", include_top=include_top, classes=classes, pooling=pooling,
                            classifier_activation=classifier_activation)
     if aux_logits and not include_top:
         raise ValueError("aux_logits=True needs include_top=True (the auxiliary heads are classifiers)")
     img_input = common.model_input(input_tensor, input_shape, default_shape=(224, 224, 3), fixed_size=False,
                                    min_size=32 if not aux_logits else 160, name="googlenet", include_top=include_top)
-    x = conv_bn(img_input, 64, 7, stride=2, padding=3, name="conv1")
+    x = common.preprocessing(img_input, card, weights, include_preprocessing)
+    x = conv_bn(x, 64, 7, stride=2, padding=3, name="conv1")
     x = ceil_max_pool(x, 3, 2, "pool1")
     x = conv_bn(x, 64, 1, name="conv2")
     x = conv_bn(x, 192, 3, padding=1, name="conv3")
@@ -141,14 +108,11 @@ def googlenet(include_top=True, weights=None, input_tensor=None, input_shape=Non
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = layers.Dropout(dropout, name="dropout")(x)
         x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    else:
+        x = common.pooled(x, pooling)
 
-    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
-    model = keras.Model(inputs, [x, *aux_outputs] if aux_outputs else x, name=name or "googlenet")
-    return common.load_weights(model, card, weights, include_top=include_top, top_layers=TOP_LAYERS,
+    model = common.functional_model(input_tensor, img_input, [x, *aux_outputs] if aux_outputs else x, name or "googlenet")
+    return common.load_weights(model, card, weights, top_layers=TOP_LAYERS,
                                converters={"torch-pth": _load_torch_pth})
 
 
@@ -163,24 +127,24 @@ def _load_torch_pth(model, path):
     state = load_state_dict(path)
     src = path.name
 
-    def conv_bn(layer, prefix):
+    def conv_and_bn(layer, prefix):
         return {layer: torch_conv(take(state, f"{prefix}.conv.weight", src)), f"{layer}_bn": torch_batchnorm(state, f"{prefix}.bn")}
 
     per_layer = {}
     try:
         for layer in ("conv1", "conv2", "conv3"):
-            per_layer.update(conv_bn(layer, layer))
+            per_layer.update(conv_and_bn(layer, layer))
         for block in INCEPTION_BLOCKS:
             name = block[0]
             for layer, prefix in (("branch1", "branch1"), ("branch2a", "branch2.0"), ("branch2b", "branch2.1"),
                                   ("branch3a", "branch3.0"), ("branch3b", "branch3.1"), ("branch4", "branch4.1")):
-                per_layer.update(conv_bn(f"{name}_{layer}", f"{name}.{prefix}"))
+                per_layer.update(conv_and_bn(f"{name}_{layer}", f"{name}.{prefix}"))
     except KeyError as error:
         raise WeightsError(f"{src} has no tensor {error}: not a torchvision GoogLeNet checkpoint") from None
     layer_names = {l.name for l in model.layers}
     for aux in ("aux1", "aux2"):
         if f"{aux}_fc1" in layer_names:
-            per_layer.update(conv_bn(f"{aux}_conv", f"{aux}.conv"))
+            per_layer.update(conv_and_bn(f"{aux}_conv", f"{aux}.conv"))
             per_layer[f"{aux}_fc1"] = torch_dense(take(state, f"{aux}.fc1.weight", src), take(state, f"{aux}.fc1.bias", src), chw=(128, 4, 4))
             per_layer[f"{aux}_predictions"] = torch_dense(take(state, f"{aux}.fc2.weight", src), take(state, f"{aux}.fc2.bias", src))
     per_layer["predictions"] = torch_dense(take(state, "fc.weight", src), take(state, "fc.bias", src))
@@ -190,10 +154,3 @@ def _load_torch_pth(model, path):
 def preprocess_input(x, mode: str = "tf"):
     """Scale to [-1, 1] (what torchvision's transform_input produces). ``x``: RGB in [0, 255]."""
     return preprocess_numpy(x, mode)
-
-
-def decode_predictions(predictions, top: int = 5):
-    """[(class index, class name, score), ...] per row, with the shipped ImageNet names."""
-    from zoo.architectures.vgg import decode_predictions as decode
-
-    return decode(np.asarray(predictions), top)

@@ -12,14 +12,12 @@ follows the weights (a torchvision tag or ``.pth`` file selects ``"torchvision"`
 
 from __future__ import annotations
 
-import numpy as np
-import keras
-from keras import layers
-
 from hybrid_keras.preprocessing import preprocess_numpy
 from zoo import common
-from zoo.registry import get_card, register_model
-from zoo.weights import WeightSpec, WeightsError, detect_format, load_state_dict, read_keras_h5, take
+from zoo.common import decode_predictions  # noqa: F401  (keras.applications' per-family name)
+from zoo.lazy import layers
+from zoo.registry import register_model
+from zoo.weights import WeightSpec, WeightsError, load_state_dict, read_keras_h5, take
 from zoo.weights import torch_batchnorm, torch_conv, torch_dense, torch_depthwise
 
 REFERENCE = "Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, CVPR 2018"
@@ -101,68 +99,38 @@ def _inverted_residual(x, *, expansion, filters, stride, alpha, block_id, layout
     return x
 
 
-def _resolve_layout(layout, weights):
-    """The layout the weights need (or the one asked for, checked against them)."""
-    needed = None
-    if isinstance(weights, str) and weights.startswith("imagenet_torchvision"):
-        needed = "torchvision"
-    elif weights is not None and not (isinstance(weights, str) and weights.startswith("imagenet")):
-        from pathlib import Path
-
-        if Path(weights).is_file():
-            needed = "torchvision" if detect_format(Path(weights)) == "torch-pth" else "keras"
-    elif weights is not None:
-        needed = "keras"
-    if layout is None:
-        return needed or "keras"
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if needed and layout != needed:
-        raise ValueError(f"layout={layout!r} does not fit weights={weights!r}, which need layout={needed!r}")
-    return layout
-
-
 @register_model(
     "mobilenet_v2", task="classification", family="mobilenet_v2", input_shape=(224, 224, 3), reference=REFERENCE,
     preprocessing="tf", weights=_weight_specs(), default_weights=keras_tag(1.0, 224),
     description="MobileNetV2: inverted residual blocks with linear bottlenecks; alpha 0.35-1.4 scales the width",
     parameters=3_538_984, reference_implementation="keras.applications MobileNetV2 (alpha 1.0); torchvision mobilenet_v2 has 3,504,872 without BN buffers",
+    format_arguments={"keras-h5": {"layout": "keras"}, "torch-pth": {"layout": "torchvision"}},
 )
-def mobilenet_v2(include_top=True, weights=None, input_tensor=None, input_shape=None, alpha=1.0, pooling=None,
-                 classes=1000, classifier_activation="softmax", dropout=0.2, layout=None, name=None):
-    """Build MobileNetV2 (keras.applications signature plus ``dropout`` before the classifier and ``layout``).
+def mobilenet_v2(card, include_top=True, weights=None, input_tensor=None, input_shape=None, alpha=1.0, pooling=None,
+                 classes=1000, classifier_activation="softmax", include_preprocessing=True, dropout=0.2, layout=None,
+                 name=None):
+    """Build MobileNetV2 (keras.applications signature plus ``include_preprocessing``, ``dropout``
+    before the classifier and ``layout``).
 
     ``weights``: None, a tag of ``zoo.model_card('mobilenet_v2')``, or a ``.h5``/``.pth`` path.
     ``"imagenet"`` picks the keras.applications file for this ``alpha`` and input size
-    (96, 128, 160, 192 or 224; 1.3 and 1.4 only at 224).
+    (96, 128, 160, 192 or 224; 1.3 and 1.4 only at 224). ``layout`` follows the weights
+    (torchvision files need "torchvision"); without weights it defaults to "keras".
+    ``include_preprocessing`` (default True): the model takes raw RGB in [0, 255].
     """
-    card = get_card("mobilenet_v2")
-    common.check_arguments("mobilenet_v2", weights=weights, include_top=include_top, classes=classes, pooling=pooling,
+    common.check_arguments("mobilenet_v2", include_top=include_top, classes=classes, pooling=pooling,
                            classifier_activation=classifier_activation)
     if alpha not in ALPHAS:
-        raise ValueError(f"alpha must be one of {ALPHAS}, got {alpha!r}")
-    if weights == "imagenet":
-        rows = (input_shape or (224, 224, 3))[0]
-        if input_shape is not None and input_shape[0] != input_shape[1]:
-            raise ValueError(f"input_shape={input_shape}: the ImageNet files are for square inputs")
-        if (alpha, rows) not in _KERAS_ACCURACY:
-            sizes = sorted(r for a, r in _KERAS_ACCURACY if a == alpha)
-            raise ValueError(f"no ImageNet weights for alpha={alpha} at input size {rows}; published sizes: {sizes}")
-        weights = keras_tag(alpha, rows, include_top)
-    elif isinstance(weights, str) and weights in {s.tag for s in card.weights}:
-        expected = card.weight(weights).builder_kwargs
-        if expected.get("alpha", alpha) != alpha:
-            raise ValueError(f"weights={weights!r} are for alpha={expected['alpha']}, not alpha={alpha}")
-        if include_top and "input_shape" in expected and input_shape is not None and tuple(input_shape) != expected["input_shape"]:
-            raise ValueError(f"input_shape={input_shape}: weights {weights!r} with their top need {expected['input_shape']}")
-        if input_shape is None and "input_shape" in expected:
-            input_shape = expected["input_shape"]
-    layout = _resolve_layout(layout, weights)
+        raise ValueError(f"alpha must be one of {ALPHAS}. Received: alpha={alpha!r}")
+    layout = "keras" if layout is None else layout
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}. Received: layout={layout!r}")
     epsilon = 1e-3 if layout == "keras" else 1e-5
 
     img_input = common.model_input(input_tensor, input_shape, default_shape=(224, 224, 3), fixed_size=False,
                                    min_size=32, name="mobilenet_v2", include_top=include_top)
-    x = layers.ZeroPadding2D(_stride2_padding(layout), name="Conv1_pad")(img_input)
+    x = common.preprocessing(img_input, card, weights, include_preprocessing)
+    x = layers.ZeroPadding2D(_stride2_padding(layout), name="Conv1_pad")(x)
     x = layers.Conv2D(make_divisible(32 * alpha, 8), 3, strides=2, use_bias=False, name="Conv1")(x)
     x = layers.BatchNormalization(epsilon=epsilon, momentum=0.999, name="bn_Conv1")(x)
     x = layers.ReLU(6.0, name="Conv1_relu")(x)
@@ -181,14 +149,11 @@ def mobilenet_v2(include_top=True, weights=None, input_tensor=None, input_shape=
         x = layers.GlobalAveragePooling2D(name="global_average_pooling2d")(x)
         x = layers.Dropout(dropout, name="dropout")(x)
         x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    else:
+        x = common.pooled(x, pooling)
 
-    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
-    model = keras.Model(inputs, x, name=name or f"mobilenetv2_{alpha:.2f}_{img_input.shape[1] or 'any'}")
-    return common.load_weights(model, card, weights, include_top=include_top,
+    model = common.functional_model(input_tensor, img_input, x, name or f"mobilenetv2_{alpha:.2f}_{img_input.shape[1] or 'any'}")
+    return common.load_weights(model, card, weights,
                                converters={"keras-h5": _load_keras_h5, "torch-pth": _load_torch_pth})
 
 
@@ -232,10 +197,3 @@ def preprocess_input(x, mode: str = "tf"):
     """keras.applications MobileNetV2 preprocessing ("tf": scale to [-1, 1]); pass
     ``mode="torch"`` for torchvision checkpoints. ``x``: RGB in [0, 255]."""
     return preprocess_numpy(x, mode)
-
-
-def decode_predictions(predictions, top: int = 5):
-    """[(class index, class name, score), ...] per row, with the shipped ImageNet names."""
-    from zoo.architectures.vgg import decode_predictions as decode
-
-    return decode(np.asarray(predictions), top)

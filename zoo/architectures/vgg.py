@@ -10,12 +10,11 @@ layers. The batch-norm variants add ``<conv>_bn`` after each convolution (torchv
 
 from __future__ import annotations
 
-import keras
-from keras import layers
-
 from hybrid_keras.preprocessing import preprocess_numpy
 from zoo import common
-from zoo.registry import get_card, register_model
+from zoo.common import decode_predictions  # noqa: F401  (keras.applications' per-family name)
+from zoo.lazy import layers
+from zoo.registry import register_model
 from zoo.weights import (
     WeightSpec,
     WeightsError,
@@ -88,16 +87,14 @@ def _weight_specs(name: str) -> list[WeightSpec]:
     return specs
 
 
-def _vgg(name: str, *, batch_norm: bool, include_top, weights, input_tensor, input_shape, pooling, classes,
-         classifier_activation, dropout, model_name):
-    card = get_card(name)
-    common.check_arguments(name, weights=weights, include_top=include_top, classes=classes, pooling=pooling,
+def _vgg(card, *, batch_norm: bool, include_top, weights, input_tensor, input_shape, pooling, classes,
+         classifier_activation, include_preprocessing, dropout, model_name):
+    name = card.name
+    common.check_arguments(name, include_top=include_top, classes=classes, pooling=pooling,
                            classifier_activation=classifier_activation)
-    if weights == "imagenet" and not include_top and name in _KERAS:
-        weights = "imagenet_keras_notop"  # the smaller file is enough without the top
     img_input = common.model_input(input_tensor, input_shape, default_shape=(224, 224, 3), fixed_size=include_top,
                                    min_size=32, name=name)
-    x = img_input
+    x = common.preprocessing(img_input, card, weights, include_preprocessing)
     for block, (convs, filters) in enumerate(zip(BLOCKS[name.removesuffix("_bn")], FILTERS), start=1):
         for conv in range(1, convs + 1):
             layer = f"block{block}_conv{conv}"
@@ -116,14 +113,11 @@ def _vgg(name: str, *, batch_norm: bool, include_top, weights, input_tensor, inp
         x = layers.Dense(4096, activation="relu", name="fc2")(x)
         x = layers.Dropout(dropout, name="fc2_dropout")(x)
         x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    else:
+        x = common.pooled(x, pooling)
 
-    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
-    model = keras.Model(inputs, x, name=model_name or name)
-    return common.load_weights(model, card, weights, include_top=include_top, top_layers=TOP_LAYERS,
+    model = common.functional_model(input_tensor, img_input, x, model_name or name)
+    return common.load_weights(model, card, weights, top_layers=TOP_LAYERS,
                                converters={"keras-h5": _load_keras_h5, "torch-pth": _load_torch_pth})
 
 
@@ -173,20 +167,6 @@ def preprocess_input(x, mode: str = "caffe"):
     return preprocess_numpy(x, mode)
 
 
-def decode_predictions(predictions, top: int = 5):
-    """[(class index, class name, score), ...] per row, with the shipped ImageNet names."""
-    from zoo.weights import imagenet_class_names
-
-    names = imagenet_class_names()
-    import numpy as np
-
-    predictions = np.asarray(predictions)
-    if predictions.ndim != 2 or predictions.shape[1] != len(names):
-        raise ValueError(f"predictions must be [batch, {len(names)}], got shape {predictions.shape}")
-    order = np.argsort(-predictions, axis=1)[:, :top]
-    return [[(int(i), names[i], float(row[i])) for i in idx] for row, idx in zip(predictions, order)]
-
-
 def _register(name: str):
     batch_norm = name.endswith("_bn")
     depth = name.removesuffix("_bn").removeprefix("vgg")
@@ -200,17 +180,21 @@ def _register(name: str):
         parameters=_PARAMETERS[name],
         reference_implementation=("keras.applications and torchvision" if name in _KERAS else "torchvision") + f" {name}",
     )
-    def builder(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
-                classifier_activation="softmax", dropout=0.5, name=None):
-        return _vgg(builder.model_name, batch_norm=batch_norm, include_top=include_top, weights=weights,
+    def builder(card, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=1000,
+                classifier_activation="softmax", include_preprocessing=True, dropout=0.5, name=None):
+        return _vgg(card, batch_norm=batch_norm, include_top=include_top, weights=weights,
                     input_tensor=input_tensor, input_shape=input_shape, pooling=pooling, classes=classes,
-                    classifier_activation=classifier_activation, dropout=dropout, model_name=name)
+                    classifier_activation=classifier_activation, include_preprocessing=include_preprocessing,
+                    dropout=dropout, model_name=name)
 
-    builder.__name__ = name
+    builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = f"""Build {name} (keras.applications signature; ``dropout`` after fc1/fc2 as in the paper).
 
     ``weights``: None, a tag of ``zoo.model_card('{name}')`` ("imagenet" = its default) or a
-    path to a keras.applications ``.h5`` or torchvision ``.pth`` file."""
+    path to a keras.applications ``.h5`` or torchvision ``.pth`` file.
+    ``include_preprocessing`` (default True): the model takes raw RGB in [0, 255] and
+    normalises as its weights expect; False takes keras.applications' input
+    (``preprocess_input`` applied by the caller)."""
     return builder
 
 
