@@ -26,8 +26,33 @@ def _parse_shape(text: str | None):
     return shape
 
 
+def weights_summary(card) -> str:
+    """The card's weight tags for a person: listed when few, summarised per publisher when many."""
+    if not card.weights:
+        return "none published"
+    groups: dict[str, list] = {}
+    for spec in card.weights:
+        groups.setdefault(spec.source, []).append(spec)
+    parts = []
+    for source, specs in groups.items():
+        if len(specs) <= 3:
+            parts.append(", ".join(spec.tag for spec in specs))
+            continue
+        varying = []
+        for key, label in (("alpha", "alpha"), ("input_shape", "input")):
+            values = sorted({spec.builder_kwargs[key] for spec in specs if key in spec.builder_kwargs})
+            if len(values) > 1:
+                shown = [v[0] if key == "input_shape" else v for v in values]
+                varying.append(f"{label} {shown[0]}-{shown[-1]}")
+        if len({spec.includes_top for spec in specs}) > 1:
+            varying.append("with or without top")
+        prefix = os.path.commonprefix([spec.tag for spec in specs]).rstrip("_")
+        parts.append(f"{prefix}_* ({len(specs)} {source} files: {', '.join(varying)})")
+    return "; ".join(parts)
+
+
 def models_table(task: str | None = None, markdown: bool = False) -> str:
-    """The registry as a table (plain text, or Markdown for the README)."""
+    """The registry as a table (plain text, or Markdown for the README). Imports no Keras."""
     import zoo
 
     rows = []
@@ -35,11 +60,10 @@ def models_table(task: str | None = None, markdown: bool = False) -> str:
         card = zoo.model_card(name)
         params = f"{card.parameters / 1e6:.2f}M" if card.parameters else "n/a"
         size = "x".join(str(s) for s in card.input_shape)
-        tags = ", ".join(spec.tag for spec in card.weights) or "none published"
         best = max((s.top1 for s in card.weights if s.top1 is not None), default=None)
         top1 = f"{best:.1f}" if best is not None else "n/a"
-        rows.append((name, card.task, params, size, card.preprocessing, top1, tags))
-    header = ("model", "task", "params", "input", "preprocessing", "best top-1 %", "weight tags")
+        rows.append((name, card.task, params, size, card.preprocessing, top1, weights_summary(card)))
+    header = ("model", "task", "params", "input", "preprocessing", "best top-1 %", "weights")
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(f"`{r[0]}`" if i == 0 else r[i] for i in range(len(r))) + " |" for r in rows]
@@ -68,6 +92,7 @@ def write_readme_table(readme: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Keep the listing commands free of Keras/TensorFlow imports: they only read the registry.
     parser = argparse.ArgumentParser(prog="hybrid-keras", description="Classic vision models with hybrid solvers, exported for TF Serving.")
     commands = parser.add_subparsers(dest="command", required=True)
 

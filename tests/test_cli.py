@@ -37,3 +37,23 @@ def test_readme_opens_with_the_two_commands():
     commands = [line.split("#")[0].strip() for line in first_block.splitlines()[1:] if line.strip()]
     assert commands == ["./dev.sh demo", "./dev.sh test"]
     assert "./dev.sh test" in ci and "demo" not in ci
+
+
+def test_listing_commands_import_no_keras():
+    import subprocess
+    import sys
+
+    script = ("import sys; from hybrid_keras import cli; cli.main(['models']); cli.main(['card', 'vgg16']);"
+              "print('keras' in sys.modules or 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "False"
+    assert "imagenet_keras_* (44 keras.applications files: alpha 0.35-1.4, input 96-224, with or without top)" in out
+
+
+def test_weight_tags_are_grouped_for_people():
+    import zoo
+
+    summary = cli.weights_summary(zoo.model_card("mobilenet_v2"))
+    assert summary.endswith("imagenet_torchvision, imagenet_torchvision_v2")
+    assert cli.weights_summary(zoo.model_card("vgg16")) == "imagenet_keras, imagenet_keras_notop; imagenet_torchvision"
+    assert cli.weights_summary(zoo.model_card("zfnet")) == "none published"
