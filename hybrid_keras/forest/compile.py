@@ -10,6 +10,13 @@ node ``n`` of tree ``t`` sits at ``t * nodes_per_tree + n`` in flat arrays:
   itself, so a fixed number of traversal steps is harmless),
 - ``missing_positive`` bool: where a NaN goes (YDF's ``missing`` flag),
 - ``leaf_values`` float32 [nodes, outputs]: what a leaf contributes.
+
+The layer evaluates these through :func:`traversal_arrays` or :func:`gemm_arrays`,
+which rewrite each test so that NaN needs no special case: a node whose NaN goes to
+the positive child tests ``-x >= -t'`` (``t'`` the float32 just below ``t``, so this
+is ``x < t``) on a negated copy of the columns, with its children swapped. A NaN
+fails every comparison, so it always takes the "false" branch, which is where the
+trained model sends it.
 """
 
 from __future__ import annotations
@@ -45,6 +52,14 @@ class CompiledForest:
     feature_names: list[str]
     class_names: list[str] | None
     task: str  # "classification" or "regression"
+    # True when ``feature_names`` is the column order of the training arrays. False for
+    # individually named features whose order the library did not keep (TF-DF sorts
+    # names as strings: f0, f1, f10, ...); arrays are then refused (see ForestLayer).
+    feature_order_known: bool = True
+
+
+def _is_tfdf(model) -> bool:
+    return type(model).__module__.startswith("tensorflow_decision_forests")
 
 
 def as_ydf_model(model):
@@ -53,7 +68,7 @@ def as_ydf_model(model):
 
     if isinstance(model, ydf.GenericModel):
         return model
-    if type(model).__module__.startswith("tensorflow_decision_forests"):
+    if _is_tfdf(model):
 
         try:
             model.make_inspector()
@@ -75,8 +90,14 @@ def _kind(model) -> str:
     raise UnsupportedForestError(f"{name} is not supported; the compiled layer handles random forests and gradient boosted trees")
 
 
-def compile_forest(model, mode: str = "native", smoothing: float = 1.0, num_classes: int | None = None) -> CompiledForest:
+def compile_forest(model, mode: str = "native", smoothing: float = 1.0, num_classes: int | None = None,
+                   feature_names=None) -> CompiledForest:
     """Flatten ``model`` (ydf or TF-DF, trained) into a :class:`CompiledForest`.
+
+    ``feature_names``: the column order of the arrays the layer will take, when it
+    differs from the training order or that order is unknown (a TF-DF model trained
+    from a DataFrame or dict: TF-DF sorts the names as strings). Must name every
+    input feature of the model exactly once.
 
     ``num_classes``: for integer labels 0..num_classes-1, output one column per label
     in label order even when some label never occurred in the training sample (a rare
@@ -92,6 +113,7 @@ def compile_forest(model, mode: str = "native", smoothing: float = 1.0, num_clas
 
     if mode not in ("native", "log_sum"):
         raise ValueError(f"mode must be 'native' or 'log_sum', got {mode!r}")
+    from_tfdf = _is_tfdf(model)
     model = as_ydf_model(model)
     kind = _kind(model)
     task = model.task()
@@ -107,6 +129,12 @@ def compile_forest(model, mode: str = "native", smoothing: float = 1.0, num_clas
     for feature in features:
         if feature.semantic != ydf.Semantic.NUMERICAL:
             raise UnsupportedForestError(f"feature {feature.name!r} is {feature.semantic.name}; only numerical features are supported")
+    # ydf keeps the column order it was given; TF-DF sorts names, which only the
+    # "x.<column>" names of a split multi-column input let us undo.
+    order_known = not from_tfdf or len({_column_base(f.name) for f in features}) == 1
+    if feature_names is not None:
+        features = _reorder(features, feature_names)
+        order_known = True
     position = {feature.column_idx: i for i, feature in enumerate(features)}
 
     trees = model.get_all_trees()
@@ -195,6 +223,7 @@ def compile_forest(model, mode: str = "native", smoothing: float = 1.0, num_clas
         leaf_values=leaf_values, bias=bias.astype(np.float32), num_trees=len(trees), nodes_per_tree=nodes_per_tree,
         max_depth=max_depth, aggregation=aggregation, feature_names=[f.name for f in features],
         class_names=class_names, task="classification" if is_classification else "regression",
+        feature_order_known=order_known,
     )
     return forest if num_classes is None else _spread_to_labels(forest, num_classes)
 
@@ -236,6 +265,30 @@ def _spread_to_labels(forest: CompiledForest, num_classes: int) -> CompiledFores
 _COLUMN_NAME = re.compile(r"^(?P<base>.*?)[.](?P<index>\d+)(?:_of_\d+)?$")
 
 
+def _reorder(features, feature_names):
+    """``features`` in the order of ``feature_names``, which must name each of them once."""
+    if isinstance(feature_names, str):
+        raise TypeError(f"feature_names must be a list of names, got the string {feature_names!r}")
+    names = [str(name) for name in feature_names]
+    by_name = {feature.name: feature for feature in features}
+    missing = [name for name in by_name if name not in names]
+    unknown = [name for name in names if name not in by_name]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if missing or unknown or repeated:
+        raise ValueError(
+            f"feature_names must name each of the model's {len(by_name)} input features once; "
+            f"missing {missing[:5]}, not features of the model {unknown[:5]}, repeated {repeated[:5]}. "
+            f"The model's features: {sorted(by_name)[:20]}"
+        )
+    return [by_name[name] for name in names]
+
+
+def _column_base(name: str) -> str:
+    """"x" for the columns "x.3" / "x.003_of_128" of a split input; the name itself otherwise."""
+    match = _COLUMN_NAME.match(name)
+    return match["base"] if match else name
+
+
 def _training_order(features):
     """Sort key restoring the column order the features had when the model was trained."""
     first_seen = {}
@@ -252,63 +305,105 @@ def _training_order(features):
     return key
 
 
-def traversal_table(forest: CompiledForest) -> np.ndarray:
-    """One int32 row per node for the gather strategy: one gather fetches all a step needs.
+def _false_branch_tests(forest: CompiledForest, num_features: int):
+    """Per node: the column of [x, -x] to test and the threshold, such that NaN needs no case.
 
-    Columns: input feature, positive child, threshold (float32 bits), NaN goes positive.
-    Breadth-first order puts a node's negative child right after its positive one, so
-    the next node is ``positive + (0 if the test passes else 1)``. Leaves get threshold
-    -inf and NaN-positive, so every row stays on them once there.
+    A node tests ``value >= threshold``; the trained model's NaN routing becomes
+    "NaN takes the false branch" (every comparison with NaN is false). Nodes whose NaN
+    goes negative test ``x >= t`` (true: positive child). Nodes whose NaN goes positive
+    test ``-x >= -nextafter(t, -inf)``, i.e. ``x < t`` (true: negative child), reading
+    column ``num_features + f`` of the negated copy. Returns (column, threshold,
+    true_child, false_child) over all flat nodes (leaves: meaningless).
     """
-    internal = forest.positive != np.arange(len(forest.positive))
-    if not np.array_equal(forest.negative[internal], forest.positive[internal] + 1):
-        raise ValueError("children are not adjacent; the forest was not laid out breadth first")
-    threshold = np.where(internal, forest.threshold, -np.inf).astype(np.float32)
-    missing_positive = np.where(internal, forest.missing_positive, True)
-    return np.stack([forest.feature, forest.positive, threshold.view(np.int32), missing_positive.astype(np.int32)],
-                    axis=1).astype(np.int32)
+    flipped = forest.missing_positive
+    column = np.where(flipped, forest.feature + num_features, forest.feature).astype(np.int32)
+    below = np.nextafter(forest.threshold.astype(np.float32), np.float32(-np.inf))
+    threshold = np.where(flipped, -below, forest.threshold).astype(np.float32)
+    true_child = np.where(flipped, forest.negative, forest.positive)
+    false_child = np.where(flipped, forest.positive, forest.negative)
+    return column, threshold, true_child, false_child
+
+
+def _is_leaf(forest: CompiledForest) -> np.ndarray:
+    return forest.positive == np.arange(len(forest.positive))
+
+
+def traversal_arrays(forest: CompiledForest) -> dict[str, np.ndarray]:
+    """The gather strategy's arrays: ``nodes`` [T * M, 3] float32 and ``leaf_values`` [T * M, outputs].
+
+    One row per node, so one gather per level fetches all a step needs: the column of
+    ``[x, -x]`` to read, the threshold, and the step to the node's first child
+    (``first_child - node + 1``). Each tree is laid out breadth first again with a
+    node's "true" child right before its "false" child, so from node ``n`` the next
+    node is ``n + step - (value >= threshold)``. Leaves have threshold NaN and step 0:
+    the test is always false and a row stays on its leaf. Columns and steps are small
+    integers, exact in float32 (below 2^24 features and 2^24 nodes per tree), so the
+    table needs no bitcast and one gather reads it on every backend.
+    """
+    T, M = forest.num_trees, forest.nodes_per_tree
+    if M >= 2**24 or 2 * len(forest.feature_names) >= 2**24:
+        raise UnsupportedForestError(f"{M} nodes per tree and {len(forest.feature_names)} features: the float32 node "
+                                     "table holds exact integers below 2^24 only")
+    column, threshold, true_child, false_child = _false_branch_tests(forest, len(forest.feature_names))
+    leaf = _is_leaf(forest)
+    nodes = np.zeros((T * M, 3), np.float32)
+    nodes[:, 1] = np.nan  # padding slots behave as leaves
+    leaf_values = np.zeros_like(forest.leaf_values)
+    for t in range(T):
+        base = t * M
+        order, slot = [base], 0  # breadth first, true child first
+        while slot < len(order):
+            node = order[slot]
+            new = base + slot
+            if leaf[node]:
+                leaf_values[new] = forest.leaf_values[node]
+            else:
+                nodes[new] = (column[node], threshold[node], len(order) - slot + 1)  # first child lands at len(order)
+                order += [true_child[node], false_child[node]]
+            slot += 1
+    return {"nodes": nodes, "leaf_values": leaf_values}
 
 
 def gemm_arrays(forest: CompiledForest) -> dict[str, np.ndarray]:
     """Hummingbird's GEMM form, per tree: internal nodes I, leaves L.
 
-    ``select`` [T, I]: the input column each internal node tests; ``threshold``,
-    ``missing_positive`` [T, I]; ``paths`` [T, I, L]: +1 when the leaf lies under the
-    node's positive child, -1 under its negative child; ``path_lengths`` [T, L]: the
-    number of +1 per leaf; ``leaf_values`` [T, L, outputs]. A row reaches leaf l of a
-    tree exactly when ``conditions @ paths[:, l] == path_lengths[l]``.
+    ``select`` [T, I]: the column of ``[x, -x]`` each internal node tests and
+    ``threshold`` [T, I] (as in :func:`traversal_arrays`: NaN fails the test and takes
+    the false branch); ``paths`` [T, I, L]: +1 when the leaf lies under the node's
+    true child, -1 under its false child; ``path_lengths`` [T, L]: the number of +1
+    per leaf; ``leaf_values`` [T, L, outputs]. A row reaches leaf l of a tree exactly
+    when ``conditions @ paths[:, l] == path_lengths[l]``.
     """
     T, M = forest.num_trees, forest.nodes_per_tree
-    internal = [[n for n in range(M) if forest.positive[t * M + n] != t * M + n] for t in range(T)]
-    leaves = [[n for n in range(M) if forest.positive[t * M + n] == t * M + n and (n == 0 or t * M + n in children)]
+    column, threshold, true_child, false_child = _false_branch_tests(forest, len(forest.feature_names))
+    leaf = _is_leaf(forest)
+    internal = [[n for n in range(M) if not leaf[t * M + n]] for t in range(T)]
+    leaves = [[n for n in range(M) if leaf[t * M + n] and (n == 0 or t * M + n in children)]
               for t, children in ((t, _child_slots(forest, t)) for t in range(T))]
     I = max(1, max(len(x) for x in internal))
     L = max(len(x) for x in leaves)
     outputs = forest.leaf_values.shape[1]
     select = np.zeros((T, I), np.int32)
-    threshold = np.full((T, I), np.inf, np.float32)  # padding nodes: condition false, path entries 0
-    missing_positive = np.zeros((T, I), bool)
+    gemm_threshold = np.full((T, I), np.nan, np.float32)  # padding nodes: condition false, path entries 0
     paths = np.zeros((T, I, L), np.float32)
     path_lengths = np.full((T, L), -1.0, np.float32)  # padding leaves: never matched
     leaf_values = np.zeros((T, L, outputs), np.float32)
     for t in range(T):
         base = t * M
-        node_slot = {n: i for i, n in enumerate(internal[t])}
-        for j, leaf in enumerate(leaves[t]):
-            leaf_values[t, j] = forest.leaf_values[base + leaf]
+        for j, n in enumerate(leaves[t]):
+            leaf_values[t, j] = forest.leaf_values[base + n]
             path_lengths[t, j] = 0.0
         leaf_slot = {n: j for j, n in enumerate(leaves[t])}
-        for n, i in node_slot.items():
-            select[t, i] = forest.feature[base + n]
-            threshold[t, i] = forest.threshold[base + n]
-            missing_positive[t, i] = forest.missing_positive[base + n]
-            for child, sign in ((forest.positive[base + n] - base, 1.0), (forest.negative[base + n] - base, -1.0)):
-                for leaf in _leaves_under(forest, t, child):
-                    paths[t, i, leaf_slot[leaf]] = sign
+        for i, n in enumerate(internal[t]):
+            select[t, i] = column[base + n]
+            gemm_threshold[t, i] = threshold[base + n]
+            for child, sign in ((true_child[base + n] - base, 1.0), (false_child[base + n] - base, -1.0)):
+                for leaf_node in _leaves_under(forest, t, child):
+                    paths[t, i, leaf_slot[leaf_node]] = sign
                     if sign > 0:
-                        path_lengths[t, leaf_slot[leaf]] += 1.0
-    return {"select": select, "threshold": threshold, "missing_positive": missing_positive, "paths": paths,
-            "path_lengths": path_lengths, "leaf_values": leaf_values}
+                        path_lengths[t, leaf_slot[leaf_node]] += 1.0
+    return {"select": select, "threshold": gemm_threshold, "paths": paths, "path_lengths": path_lengths,
+            "leaf_values": leaf_values}
 
 
 def _leaves_under(forest: CompiledForest, t: int, node: int) -> list[int]:

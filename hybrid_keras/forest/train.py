@@ -5,14 +5,22 @@ Per-pixel features are large (a 360x480 CamVid frame through a stride-8 backbone
 memory with a pre-sorted index of about twice its size. So pixel extraction samples a
 fixed number of pixels per image (balanced over the classes present), never keeps the
 full feature maps, and states up front how much memory the result will take.
+
+Nothing here imports TensorFlow at module level: feature extraction runs on any Keras
+backend, a ``tf.data.Dataset`` is recognised without importing TensorFlow, and
+TF-DF is imported only when ``backend="tfdf"`` trains.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from hybrid_keras.forest.layer import ForestLayer
 
@@ -28,9 +36,13 @@ def _feature_model(backbone: keras.Model, layer: str | None) -> keras.Model:
     return keras.Model(backbone.inputs, backbone.get_layer(layer).output, name=f"{backbone.name}_{layer}")
 
 
+def _is_tf_dataset(data) -> bool:
+    return hasattr(data, "as_numpy_iterator") and hasattr(data, "cardinality")
+
+
 def _batches(data, batch_size: int):
     """Yields (images, labels or None) numpy batches from arrays, a tuple or a tf.data.Dataset."""
-    if isinstance(data, tf.data.Dataset):
+    if _is_tf_dataset(data):
         for element in data.as_numpy_iterator():
             if isinstance(element, tuple):
                 yield element[0], element[1]
@@ -44,7 +56,7 @@ def _batches(data, batch_size: int):
 
 
 def _count(data) -> int | None:
-    if isinstance(data, tf.data.Dataset):
+    if _is_tf_dataset(data):
         cardinality = int(data.cardinality())
         return cardinality if cardinality > 0 else None
     images = data[0] if isinstance(data, tuple) else data
@@ -68,12 +80,12 @@ def extract_features(backbone: keras.Model, data, *, layer: str | None = None, p
     bar = keras.utils.Progbar(total, unit_name="image") if verbose else None
     features, labels = [], []
     for images, batch_labels in _batches(data, batch_size):
-        output = extractor(images, training=False)
-        if len(output.shape) == 4:
-            output = tf.reduce_mean(output, axis=(1, 2)) if pooling == "avg" else tf.reduce_max(output, axis=(1, 2))
-        elif len(output.shape) != 2:
+        output = keras.ops.convert_to_numpy(extractor(images, training=False)).astype(np.float32)
+        if output.ndim == 4:
+            output = output.mean(axis=(1, 2)) if pooling == "avg" else output.max(axis=(1, 2))
+        elif output.ndim != 2:
             raise ValueError(f"the backbone output has shape {output.shape}; expected [B, F] or [B, H, W, F]")
-        features.append(np.asarray(output, np.float32))
+        features.append(output)
         if batch_labels is not None:
             labels.append(np.asarray(batch_labels))
         if bar:
@@ -157,7 +169,7 @@ def extract_pixel_features(backbone: keras.Model, data, *, layer: str | None = N
             masks = masks[..., 0]
         if masks.shape[:3] != tuple(images.shape[:3]):
             raise ValueError(f"masks {masks.shape} do not match images {images.shape}")
-        feature_map = np.asarray(extractor(images, training=False), np.float32)
+        feature_map = keras.ops.convert_to_numpy(extractor(images, training=False)).astype(np.float32)
         grid = _resize_nearest(masks, feature_map.shape[1], feature_map.shape[2])
         for fmap, mask in zip(feature_map, grid):
             chosen = sample_pixels(mask, pixels_per_image, rng, ignore_label=ignore_label, class_balanced=class_balanced)
@@ -188,7 +200,12 @@ def train_forest(features, labels, *, kind: str = "random_forest", backend: str 
     ``backend="ydf"`` returns a ydf model, ``"tfdf"`` a TF-DF Keras model (tf_keras);
     both compile with :meth:`ForestLayer.from_model`. Any other learner
     hyper-parameter (``num_candidate_attributes_ratio``, ``shrinkage``, ``subsample``,
-    ...) passes through. Both show training progress when ``verbose``.
+    ...) passes through.
+
+    ``verbose``: 0 prints nothing; 1 (default) one line saying what is trained and how
+    long it took; 2 the library's own logs as well (its whole data spec: hundreds of
+    lines for wide features). Below 2, the libraries' native logs are held back and
+    shown only if training fails.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -196,22 +213,59 @@ def train_forest(features, labels, *, kind: str = "random_forest", backend: str 
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if task not in ("classification", "regression"):
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
     features, labels = _check_training_data(features, labels, task)
     settings = dict(num_trees=num_trees, max_depth=max_depth, min_examples=min_examples, **hyperparameters)
-    if backend == "ydf":
-        import ydf
+    library_verbose = 2 if verbose == 2 else 0
+    if verbose:
+        print(f"[forest] training {kind.replace('_', ' ')} ({backend}, {num_trees} trees, max depth {max_depth}) on "
+              f"{features.shape[0]:,} x {features.shape[1]} features ...", end="\n" if verbose == 2 else "", flush=True)
+    start = time.perf_counter()
+    with contextlib.nullcontext() if verbose == 2 else _native_logs_held_back():
+        if backend == "ydf":
+            import ydf
 
-        learner = ydf.RandomForestLearner if kind == "random_forest" else ydf.GradientBoostedTreesLearner
-        ydf_task = ydf.Task.CLASSIFICATION if task == "classification" else ydf.Task.REGRESSION
-        return learner(label="label", task=ydf_task, **settings).train(
-            {"features": features, "label": labels}, verbose=2 if verbose else 0)
-    import tensorflow_decision_forests as tfdf
+            learner = ydf.RandomForestLearner if kind == "random_forest" else ydf.GradientBoostedTreesLearner
+            ydf_task = ydf.Task.CLASSIFICATION if task == "classification" else ydf.Task.REGRESSION
+            model = learner(label="label", task=ydf_task, **settings).train(
+                {"features": features, "label": labels}, verbose=library_verbose)
+        else:
+            import tensorflow as tf
+            import tensorflow_decision_forests as tfdf
 
-    model_class = tfdf.keras.RandomForestModel if kind == "random_forest" else tfdf.keras.GradientBoostedTreesModel
-    tfdf_task = tfdf.keras.Task.CLASSIFICATION if task == "classification" else tfdf.keras.Task.REGRESSION
-    model = model_class(task=tfdf_task, verbose=verbose, **settings)
-    model.fit(features, labels, batch_size=max(1, min(len(features), 8192)), verbose=verbose)
+            model_class = tfdf.keras.RandomForestModel if kind == "random_forest" else tfdf.keras.GradientBoostedTreesModel
+            tfdf_task = tfdf.keras.Task.CLASSIFICATION if task == "classification" else tfdf.keras.Task.REGRESSION
+            model = model_class(task=tfdf_task, verbose=library_verbose, **settings)
+            # TF-DF reads the whole dataset once; large batches make that fast.
+            dataset = tf.data.Dataset.from_tensor_slices((features, labels)).batch(8192)
+            model.fit(dataset, verbose=library_verbose)
+    if verbose:
+        print(f"{'[forest] ' if verbose == 2 else ' '}trained in {time.perf_counter() - start:.1f} s", flush=True)
     return model
+
+
+@contextlib.contextmanager
+def _native_logs_held_back():
+    """Sends what C++ code writes to stderr (TF-DF logs its whole data spec there, at any
+    verbosity) to a temporary file; replays its end if the block raises."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            tail = held.read().decode(errors="replace").splitlines()[-40:]
+            if tail:
+                print("[forest] the training library's last log lines:\n" + "\n".join(tail), file=sys.stderr)
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def attach(backbone: keras.Model, forest: ForestLayer, *, layer: str | None = None, pooling: str | None = "avg",
