@@ -54,11 +54,10 @@ def load_split(data_dir: Path, split: str, limit: int | None = None):
 
 
 def feature_model(weights: str | None):
-    """The zoo backbone as a hypercolumn: [B, H/8, W/8, 224] features, plus the preprocessing."""
+    """The zoo backbone as a hypercolumn: [B, H/8, W/8, 224] features of raw RGB pixels (it normalises inside)."""
     import keras
 
     import zoo
-    from hybrid_keras.preprocessing import preprocess_numpy
 
     backbone = zoo.load("mobilenet_v2", weights=weights, include_top=False, alpha=0.5, input_shape=(*IMAGE_SIZE, 3))
     if weights is None:
@@ -76,7 +75,7 @@ def feature_model(weights: str | None):
         columns.append(x)
     features = keras.layers.Concatenate(name="hypercolumn")(columns)
     model = keras.Model(backbone.input, features, name="mobilenet_v2_hypercolumn")
-    return model, lambda images: preprocess_numpy(images.astype(np.float32), backbone.preprocessing)
+    return model
 
 
 def softmax_head(features, name: str):
@@ -220,8 +219,8 @@ def main(argv=None) -> int:
     test_images, test_masks = load_split(args.data, "test", limit)
     print(f"CamVid at {IMAGE_SIZE}: train {len(train_images)}, val {len(val_images)}, test {len(test_images)}")
 
-    features, preprocess = feature_model(args.weights)
-    train_x, val_x, test_x = preprocess(train_images), preprocess(val_images), preprocess(test_images)
+    features = feature_model(args.weights)
+    train_x, val_x, test_x = (images.astype(np.float32) for images in (train_images, val_images, test_images))
     results = {"machine": machine(), "image_size": list(IMAGE_SIZE), "backbone": "mobilenet_v2 alpha 0.5 hypercolumn",
                "weights": args.weights or "random init, trained here", "feature_channels": int(features.output.shape[-1]),
                "splits": {"train": len(train_images), "val": len(val_images), "test": len(test_images)}, "heads": {}}
