@@ -5,44 +5,33 @@ Steps: fine-tune a zoo MobileNetV2 with a softmax head; put a decision forest on
 pooled features; put a Gaussian-kernel kNN head on its embeddings and teach it digit 9
 from 20 examples; export all three heads in one SavedModel for TF Serving.
 
-Data: the 10,000 MNIST test images that ship in ``hybrid_keras/demo_data/mnist``,
-split by index into train (first 8,000) and test (last 2,000). Digits 0-8 are the
-classes the network trains on; digit 9 is held back as the class a kNN head later
-learns from a handful of examples, without retraining.
+Data: the 10,000 MNIST test images that ship in ``hybrid_keras/demo_data/mnist``, read
+through the project's TFDS builder (``hybrid_keras.datasets``, the features of TFDS's
+``mnist``), split by index into train (first 8,000) and test (last 2,000). Digits 0-8
+are the classes the network trains on; digit 9 is held back as the class a kNN head
+later learns from a handful of examples, without retraining. The model takes the raw
+pixels: its first layer normalises them.
 """
 
 from __future__ import annotations
 
-import gzip
 import time
 from pathlib import Path
 
 import numpy as np
 
-DATA_DIR = Path(__file__).resolve().parent / "demo_data" / "mnist"
 KNOWN_CLASSES = 9  # digits 0-8; digit 9 is the "new" class
 IMAGE_SIZE = 32  # MNIST's 28x28 padded to 32, the smallest input MobileNetV2 takes
 EXAMPLES_PER_CLASS = 20  # the kNN head's memory per digit, the new digit 9 included
 
 
-def load_mnist(data_dir: Path = DATA_DIR) -> tuple[np.ndarray, np.ndarray]:
-    """The shipped MNIST test split: uint8 images [10000, 28, 28] and labels [10000]."""
-    with gzip.open(data_dir / "t10k-images-idx3-ubyte.gz", "rb") as f:
-        raw = f.read()
-    magic, count, rows, cols = np.frombuffer(raw[:16], dtype=">i4")
-    if magic != 2051:
-        raise ValueError(f"{data_dir} holds no IDX3 image file (magic {magic})")
-    images = np.frombuffer(raw[16:], dtype=np.uint8).reshape(count, rows, cols)
-    with gzip.open(data_dir / "t10k-labels-idx1-ubyte.gz", "rb") as f:
-        raw = f.read()
-    labels = np.frombuffer(raw[8:], dtype=np.uint8).astype(np.int64)
-    return images, labels
+def load_digits(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """The shipped MNIST digits as uint8 RGB [N, 32, 32, 3] (zero-padded, grey repeated) and labels [N]."""
+    from hybrid_keras import datasets
 
-
-def to_rgb32(images: np.ndarray) -> np.ndarray:
-    """[N, 28, 28] gray -> [N, 32, 32, 3] uint8 (zero-padded, channel repeated)."""
-    padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))
-    return np.repeat(padded[..., None], 3, axis=-1)
+    pairs = datasets.image_label_pairs(datasets.load("mnist", split=split), image_size=(IMAGE_SIZE, IMAGE_SIZE),
+                                       method="pad", rgb=True)
+    return datasets.to_numpy(pairs)
 
 
 def _step(title: str) -> None:
@@ -58,16 +47,14 @@ def run_demo(out_dir: str = "saved_models/demo", quick: bool = False, seed: int 
     from hybrid_keras.fanng import KNNClassifier
     from hybrid_keras.forest import ForestLayer, extract_features, train_forest
     from hybrid_keras.layers import L2Normalize
-    from hybrid_keras.preprocessing import preprocess_numpy
 
     keras.utils.set_random_seed(seed)
     results: dict = {}
     started = time.time()
 
-    _step("Data: 10,000 real MNIST digits shipped with the project")
-    images, labels = load_mnist()
-    images = to_rgb32(images)
-    n_train = 2000 if quick else 8000
+    _step("Data: 10,000 real MNIST digits shipped with the project, through its TFDS builder")
+    images, labels = load_digits()
+    n_train = 4000 if quick else 8000
     train_x, train_y = images[:n_train], labels[:n_train]
     test_x, test_y = images[8000:], labels[8000:]
     known_train = train_y < KNOWN_CLASSES
@@ -77,16 +64,14 @@ def run_demo(out_dir: str = "saved_models/demo", quick: bool = False, seed: int 
 
     _step("Model: zoo.load('mobilenet_v2', alpha=0.35) with a new 9-class top, trained with model.fit")
     model = zoo.load("mobilenet_v2", weights=None, alpha=0.35, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), classes=KNOWN_CLASSES)
-    mode = model.preprocessing
     # keras.applications' BN momentum (0.999) suits long ImageNet runs; in a few hundred
     # steps from scratch the moving statistics would still be far from the data's.
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.9
-    x_fit = preprocess_numpy(train_x[known_train], mode)
-    x_test = preprocess_numpy(test_x[known_test], mode)
+    x_fit, x_test = train_x[known_train], test_x[known_test]  # raw pixels: the model normalises them
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    epochs = 1 if quick else 6
+    epochs = 4 if quick else 6
     fit_start = time.time()
     model.fit(x_fit, train_y[known_train], batch_size=64, epochs=epochs, validation_split=0.1, verbose=2)
     results["softmax_train_seconds"] = round(time.time() - fit_start, 1)
@@ -113,10 +98,10 @@ def run_demo(out_dir: str = "saved_models/demo", quick: bool = False, seed: int 
     # A balanced memory: with hundreds of 4s and 7s stored, a new class with a handful of
     # examples would be outvoted by sheer numbers among the k nearest.
     memory = np.concatenate([np.flatnonzero(train_y == digit)[:EXAMPLES_PER_CLASS] for digit in range(KNOWN_CLASSES)])
-    stored = embedder.predict(preprocess_numpy(train_x[memory], mode), batch_size=256, verbose=0)
+    stored = embedder.predict(train_x[memory], batch_size=256, verbose=0)
     knn = KNNClassifier.from_examples(stored, train_y[memory], num_classes=KNOWN_CLASSES + 1, k=10,
                                       capacity=len(stored) + EXAMPLES_PER_CLASS, name="knn_head")
-    test_embeddings = embedder.predict(preprocess_numpy(test_x, mode), batch_size=256, verbose=0)
+    test_embeddings = embedder.predict(test_x, batch_size=256, verbose=0)
     knn_predictions = knn(test_embeddings[known_test]).numpy().argmax(-1)
     results["knn_test_accuracy"] = float(np.mean(knn_predictions == test_y[known_test]))
     print(f"kNN head over {len(stored)} stored examples (k=10, sigma {knn.sigma:.3f}): "
@@ -124,7 +109,7 @@ def run_demo(out_dir: str = "saved_models/demo", quick: bool = False, seed: int 
 
     _step(f"A new class by examples alone: {EXAMPLES_PER_CLASS} images of digit 9, no retraining")
     nines = np.flatnonzero(~known_train)[:EXAMPLES_PER_CLASS]
-    knn.add_examples(embedder.predict(preprocess_numpy(train_x[nines], mode), verbose=0), train_y[nines])
+    knn.add_examples(embedder.predict(train_x[nines], verbose=0), train_y[nines])
     all_predictions = knn(test_embeddings).numpy().argmax(-1)
     results["knn_new_class_recall"] = float(np.mean(all_predictions[~known_test] == KNOWN_CLASSES))
     results["knn_test_accuracy_all_digits"] = float(np.mean(all_predictions == test_y))
@@ -134,7 +119,7 @@ def run_demo(out_dir: str = "saved_models/demo", quick: bool = False, seed: int 
     _step("Export for TF Serving (softmax, forest and kNN heads in one graph), verified in a fresh TensorFlow-only process")
     hybrid = keras.Model(model.input, [model.output, forest(pooled), knn(embedder.output)], name="mobilenet_v2_hybrid")
     version = 1 + max((int(p.name) for p in Path(out_dir).glob("*") if p.name.isdigit()), default=0)
-    path = export_saved_model(hybrid, Path(out_dir) / str(version), preprocessing=mode, verify_images=test_x[:8])
+    path = export_saved_model(hybrid, Path(out_dir) / str(version), verify_inputs=test_x[:8])
     results["saved_model"] = str(path)
     print(f"wrote {path} (signatures serving_default, serve_uint8, serve_image_bytes; "
           f"outputs {', '.join(hybrid.output_names)})")

@@ -137,8 +137,8 @@ def export_saved_model(
             ``features`` tensor signature.
         path: the version directory, e.g. ``saved_models/pets/1``. It must not exist
             or be empty (TF Serving versions are immutable).
-        preprocessing: None (default: serve the model as it is; zoo models carry their
-            normalisation as their first layer), or a mode of
+        preprocessing: None or "none" (default: serve the model as it is; zoo models carry
+            their normalisation as their first layer), or a mode of
             ``hybrid_keras.preprocessing.MODES`` to prepend for an image model built
             elsewhere that expects normalised input.
         image_size: (height, width) for image models that accept any size.
@@ -163,8 +163,7 @@ def export_saved_model(
         raise FileExistsError(f"{path} exists and is not empty; TF Serving versions are immutable, use a new version directory")
     image_model = is_image_model(model)
     prepended = None
-    if preprocessing is not None:
-        check_mode(preprocessing)
+    if preprocessing is not None and check_mode(preprocessing) != "none":  # "none" adds nothing
         if not image_model:
             raise ValueError(f"preprocessing={preprocessing!r} applies to image models; {model.name!r} takes "
                              f"{model.input_shape}")
@@ -289,8 +288,8 @@ def verify_saved_model(model, path, *, preprocessing: str | None = None, image_s
         signature_inputs = {"serving_default.images": uint8_images.astype(np.float32),
                             "serve_uint8.images": uint8_images, "serve_image_bytes.image_bytes": encoded}
         model_inputs = uint8_images.astype(np.float32)
-        if preprocessing is not None:
-            model_inputs = Preprocessing(check_mode(preprocessing))(model_inputs)
+        if preprocessing is not None and check_mode(preprocessing) != "none":
+            model_inputs = Preprocessing(preprocessing)(model_inputs)
     else:
         shape = _feature_shape(model)
         model_inputs = (rng.normal(size=(batch, *shape[1:])) if inputs is None else np.asarray(inputs)).astype(np.float32)
