@@ -103,13 +103,14 @@ def test_a_huge_query_gives_finite_probabilities_and_leaves_its_batch_alone(rng)
     head = KNNClassifier.from_examples(stored, labels, num_classes=4, k=7, sigma=3.0)
     queries = (centres[rng.integers(0, 4, 6)] + rng.normal(size=(6, 16))).astype(np.float32)
     limit = np.finfo(np.float32).max
-    batch = np.concatenate([queries, np.full((1, 16), 1e20, np.float32), np.full((1, 16), -limit, np.float32)])
-    probabilities = _numpy(head(batch))
+    huge = np.stack([np.full(16, 1e20), np.full(16, -limit), np.where(np.arange(16) % 2, 1e30, -1e30)]).astype(np.float32)
+    probabilities = _numpy(head(np.concatenate([queries, huge])))
     assert np.all(np.isfinite(probabilities))
-    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-6)
     np.testing.assert_allclose(probabilities[:6], _numpy(head(queries)), atol=1e-6)
-    # So far out, one neighbour is nearer than the rest by more than sigma: it takes every vote.
-    assert np.all(probabilities[6:].max(1) == 1.0)
+    # So far out, the nearest example is nearer than the next by far more than sigma and
+    # takes every vote. Its rank by |x - e|^2 = |x|^2 - (2 x.e - |e|^2), in float64:
+    closeness = 2 * huge.astype(np.float64) @ stored.T.astype(np.float64) - (stored.astype(np.float64) ** 2).sum(1)
+    np.testing.assert_array_equal(probabilities[6:], np.eye(4)[labels[closeness.argmax(1)]])
 
 
 def test_fanng_head_with_a_huge_query_gives_finite_probabilities(rng):

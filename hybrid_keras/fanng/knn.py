@@ -36,6 +36,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from hybrid_keras.layers.normalization import l2_normalize
+
 BACKENDS = ("exact", "fanng")
 METRICS = ("l2", "cosine")
 # Smallest normal float32: magnitudes are floored here before taking log2.
@@ -120,6 +122,13 @@ def _holds_values(tensor) -> bool:
     return False
 
 
+def _divide_by_power_of_two(x, exponent):
+    """``x / 2**exponent`` (exact), in two steps of at most 2**64 each: XLA divides by
+    multiplying with the reciprocal, and flushes the reciprocal of 2**127 (subnormal) to 0."""
+    half = ops.floor(exponent / 2.0)
+    return x / ops.power(2.0, half) / ops.power(2.0, exponent - half)
+
+
 def _power_of_two_exponent(magnitude):
     """floor(log2(magnitude)) as float32, magnitudes floored at the smallest normal float32.
 
@@ -127,14 +136,6 @@ def _power_of_two_exponent(magnitude):
     log2 rounds) and is exact, so scaled arithmetic rounds as the unscaled would.
     """
     return ops.floor(ops.log2(ops.maximum(magnitude, _TINY)))
-
-
-def _unit_rows(vectors):
-    """Rows scaled to unit length; zero rows stay zero. Dividing by the largest magnitude
-    first keeps the sum of squares finite for values near float32's limit."""
-    largest = ops.max(ops.abs(vectors), axis=-1, keepdims=True)
-    scaled = vectors / ops.where(largest > 0, largest, 1.0)
-    return scaled * ops.rsqrt(ops.maximum(ops.sum(ops.square(scaled), axis=-1, keepdims=True), _TINY))
 
 
 @keras.saving.register_keras_serializable(package="hybrid_keras")
@@ -261,9 +262,9 @@ class KNNClassifier(keras.layers.Layer):
         stored_exponent = _power_of_two_exponent(ops.max(ops.abs(vectors)))  # rows past count are zeros
         row_exponent = ops.maximum(
             stored_exponent, _power_of_two_exponent(ops.max(ops.abs(queries), axis=1, keepdims=True)))  # [B, 1]
-        scaled_vectors = vectors / ops.power(2.0, stored_exponent)
-        scaled_queries = queries / ops.power(2.0, row_exponent)
-        shrink = ops.power(2.0, stored_exponent - row_exponent)  # <= 1
+        scaled_vectors = _divide_by_power_of_two(vectors, stored_exponent)
+        scaled_queries = _divide_by_power_of_two(queries, row_exponent)
+        shrink = ops.power(2.0, stored_exponent - row_exponent)  # <= 1; flushed to 0 only where negligible
         # closeness = (2 q.e - |e|^2) / 2^(stored + row exponents): larger is nearer.
         closeness = (2.0 * ops.matmul(scaled_queries, ops.transpose(scaled_vectors))
                      - shrink * ops.sum(ops.square(scaled_vectors), axis=1)[None, :])
@@ -301,7 +302,7 @@ class KNNClassifier(keras.layers.Layer):
     def call(self, inputs):
         queries = ops.cast(inputs, "float32")
         if self.metric == "cosine":
-            queries = _unit_rows(queries)
+            queries = l2_normalize(queries, axis=-1)
         if _holds_values(queries):
             self._check_eager_queries(queries)
         count = self.count.value

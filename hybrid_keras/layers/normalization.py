@@ -40,12 +40,27 @@ class LocalResponseNormalization(keras.layers.Layer):
         return {**super().get_config(), "size": self.size, "alpha": self.alpha, "beta": self.beta, "k": self.k}
 
 
+def l2_normalize(x, axis: int = -1):
+    """``x`` scaled to unit L2 length along ``axis``; zero vectors stay zero.
+
+    Dividing by the largest magnitude first keeps the sum of squares in range: it neither
+    overflows (values beyond about 1e19 in float32) nor underflows (the tiny embeddings of
+    untrained nets or low-activation inputs; keras.ops.normalize floors the squared norm
+    at 1e-7, which leaves those far from unit length). The result does not depend on that
+    divisor, so no gradient flows through it.
+    """
+    largest = ops.stop_gradient(ops.max(ops.abs(x), axis=axis, keepdims=True))
+    # Two steps by its square root: XLA divides by multiplying with the reciprocal, and
+    # the reciprocal of a value above 2**126 is subnormal, which it flushes to 0.
+    root = ops.sqrt(ops.where(largest > 0, largest, ops.ones_like(largest)))
+    x = x / root / root
+    # The sum of squares is now about 1 or more, except for a zero vector, which stays 0.
+    return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=True), 0.5))
+
+
 @keras.saving.register_keras_serializable(package="hybrid_keras")
 class L2Normalize(keras.layers.Layer):
     """Scales each vector (last axis) to unit length, so squared L2 distance is 2 - 2 cos."""
 
     def call(self, inputs):
-        # keras.ops.normalize floors the squared norm at 1e-7, which leaves small
-        # embeddings (untrained nets, low-activation inputs) far from unit length.
-        squared = ops.sum(ops.square(inputs), axis=-1, keepdims=True)
-        return inputs * ops.rsqrt(ops.maximum(squared, 1e-30))
+        return l2_normalize(inputs, axis=-1)
