@@ -130,8 +130,8 @@ def _x(value) -> str:
 
 
 def render_markdown(results: dict) -> str:
-    """The README's ANN block: q/s at each recall (FANNG, best peer, ratio; 1 and 2 threads),
-    then build time and index size of every method."""
+    """The README's ANN block: q/s at each recall (best FANNG variant, best peer, ratio; 1 and
+    2 threads), then per dataset every method's build time, index size and q/s."""
     lines = [
         f"k = {results['k']}, {results['queries']:,} queries per set; queries/s at a recall@10 are interpolated "
         f"on each method's curve; every (method, setting) timed once per round, fastest of "
@@ -150,13 +150,19 @@ def render_markdown(results: dict) -> str:
                 ratio_two = two.get(recall, {}).get("fanng_over_best_peer")
                 lines.append(f"| {label} | {query_set.replace('_', '-')} | {recall} | {fanng} | {peer} | "
                              f"{_x(row['fanng_over_best_peer'])} | {_x(ratio_two)} |")
-    lines += ["", "| data | method | build, 1 thread | index size |", "|---|---|---|---|"]
     for name, dataset in results["datasets"].items():
+        query_sets = dataset["query_sets"]
+        lines += ["", f"{name}: every method, 1 thread (q/s at recall@10 "
+                      + " / ".join(f"{r:.2f}" for r in RECALLS) + ")", "",
+                  "| method | build, 1 thread | index size | " + " | ".join(q.replace("_", "-") for q in query_sets) + " |",
+                  "|---|---|---|" + "---|" * len(query_sets)]
         for method in dataset["methods"]:
-            if method.get("shares_graph_of"):
-                continue
-            lines.append(f"| {name} | {method['name']} | {method['build_s']:.1f} s | "
-                         f"{method['index_bytes'] / 2**20:.1f} MiB |")
+            speeds = [" / ".join(_qps(qps_at(method["curves"][q].get("1", []), r)) for r in RECALLS)
+                      for q in query_sets]
+            build = f"(same graph as {method['shares_graph_of']})" if method.get("shares_graph_of") \
+                else f"{method['build_s']:.1f} s"
+            lines.append(f"| {method['name']} | {build} | {method['index_bytes'] / 2**20:.1f} MiB | "
+                         + " | ".join(speeds) + " |")
     if results.get("scann", {}).get("available") is False:
         lines += ["", f"ScaNN left out: {results['scann']['reason']}"]
     insertion = results.get("insertion")
