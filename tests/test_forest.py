@@ -276,27 +276,32 @@ def test_per_image_model_exports_to_a_saved_model(tmp_path, rng):
 
 
 @backend_agnostic
-def test_per_pixel_head_samples_trains_and_upsamples(rng):
+def test_per_pixel_head_samples_and_trains(rng):
     backbone = _backbone()
     images, masks = _images_and_masks(rng)
     features, labels = extract_pixel_features(backbone, (images, masks), pixels_per_image=20, batch_size=5, verbose=0)
     assert features.shape == (12 * 20, 8) and labels.shape == (240,)
     assert 255 not in labels and set(np.unique(labels)) == {0, 1, 2}
     forest = ForestLayer.from_model(train_forest(features, labels, num_trees=6, max_depth=6, verbose=0), mode="log_sum")
-    model = attach(backbone, forest, pooling=None)
+    model = attach(backbone, forest, pooling=None, upsample=False)
     output = _np(model(images[:2]))
-    assert output.shape == (2, 16, 16, 3)
+    assert output.shape == (2, 8, 8, 3)  # one distribution per cell of the stride-2 feature map
+    cells = _np(backbone(images[:2])).reshape(-1, 8)
+    np.testing.assert_allclose(output.reshape(-1, 3), _np(forest(cells)), atol=1e-6)
     np.testing.assert_allclose(output.sum(-1), 1.0, atol=1e-5)
 
 
 @tensorflow_backend
-def test_per_pixel_head_exports_to_a_saved_model(tmp_path, rng):
+def test_per_pixel_head_upsamples_and_exports_to_a_saved_model(tmp_path, rng):
     backbone = _backbone()
     images, masks = _images_and_masks(rng)
     features, labels = extract_pixel_features(backbone, (images, masks), pixels_per_image=20, batch_size=5, verbose=0)
     forest = ForestLayer.from_model(train_forest(features, labels, num_trees=6, max_depth=6, verbose=0), mode="log_sum")
-    path = hk.export_saved_model(attach(backbone, forest, pooling=None), tmp_path / "segmentation" / "1",
-                                 preprocessing="none")
+    model = attach(backbone, forest, pooling=None)
+    output = _np(model(images[:2]))
+    assert output.shape == (2, 16, 16, 3)
+    np.testing.assert_allclose(output.sum(-1), 1.0, atol=1e-5)
+    path = hk.export_saved_model(model, tmp_path / "segmentation" / "1", preprocessing="none")
     assert (path / "saved_model.pb").exists()
 
 

@@ -191,9 +191,9 @@ class ForestLayer(keras.layers.Layer):
         width = 2 * self.num_features
         flat = ops.reshape(both, (-1,))
         row_offsets = ops.expand_dims(ops.arange(ops.shape(both)[0], dtype="int32") * width, 1)
-        roots = np.arange(self.num_trees, dtype=np.int32) * self.nodes_per_tree
-        info = ops.take(self.nodes, roots, axis=0)[None]  # level 0: every row is at the roots
-        node = roots[None, :]
+        roots = ops.convert_to_tensor(np.arange(self.num_trees, dtype=np.int32) * self.nodes_per_tree)
+        info = ops.expand_dims(ops.take(self.nodes, roots, axis=0), 0)  # level 0: every row is at the roots
+        node = ops.expand_dims(roots, 0)
         for level in range(self.max_depth):
             if level:
                 info = _take_rows(self.nodes, node)  # [rows, trees, 3]
@@ -249,6 +249,7 @@ def _take_rows(table, indices):
     mode) that pass cost about a fifth of the layer's throughput. So the two backends
     it matters for call their plain gather; the module still imports neither.
     """
+    table = ops.convert_to_tensor(table)  # a Keras variable becomes the backend's array
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
