@@ -295,8 +295,13 @@ _THREADED_BUILD = textwrap.dedent(
     from hybrid_keras.fanng import ops
     rng = np.random.default_rng(21)
     vectors = (rng.normal(size=(40, 16)) * 4)[rng.integers(0, 40, 6000)] + rng.normal(size=(6000, 16))
-    neighbours, entry, _ = ops.build_graph(vectors.astype(np.float32), max_degree=12, seed=9)
-    np.save(sys.argv[2], np.concatenate([neighbours.numpy().ravel(), [int(entry)]]))
+    vectors = vectors.astype(np.float32)
+    neighbours, entry, entry_points = ops.build_graph(vectors, max_degree=12, seed=9, entry_points=8)
+    old, _, old_entry_points = ops.build_graph(vectors[:5000], max_degree=12, seed=9, entry_points=8)
+    table = np.concatenate([old.numpy(), np.full((1000, 12), -1, np.int32)])
+    inserted = ops.insert(vectors, table, old_entry_points, 5000).numpy()
+    np.save(sys.argv[2], np.concatenate([neighbours.numpy().ravel(), [int(entry)], entry_points.numpy(),
+                                         inserted.ravel()]))
     """
 )
 
@@ -312,7 +317,8 @@ def test_same_seed_same_graph(clustered_index):
 
 @pytest.mark.slow
 def test_graph_independent_of_thread_count(module, tmp_path):
-    """NN-descent (n > 5000) and refinement give the same graph on 1 and on 3 threads."""
+    """NN-descent (n > 5000), refinement, entry points and insertion give the same graph on
+    1 and on 3 threads."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     results = []
     for threads in (1, 3):
@@ -323,6 +329,157 @@ def test_graph_independent_of_thread_count(module, tmp_path):
         )
         results.append(np.load(out))
     np.testing.assert_array_equal(results[0], results[1])
+
+
+# ------------------------------------------------------------------ entry points, storage, insertion
+
+
+def test_entry_points_search_is_exact_when_ef_covers_everything():
+    vectors, centres = clustered(1500, 16, clusters=12, seed=51)
+    queries = sample_near(centres, 60, seed=52, spread=3.0)
+    neighbours, entry, entry_points = ops.build_graph(vectors, max_degree=12, seed=1, entry_points=24)
+    entry_points = entry_points.numpy()
+    assert entry_points.shape == (24,) and entry_points[0] == int(entry)
+    # The k-means entry points spread over the clusters (each centroid's nearest vertex).
+    labels = np.argmin(((vectors[entry_points][:, None] - centres[None]) ** 2).sum(-1), axis=1)
+    assert len(set(labels.tolist())) >= 10
+    truth, true_d = brute_force(vectors, queries, 10)
+    for ef in (len(vectors), 2 * len(vectors)):
+        ids, distances = ops.search(vectors, neighbours, entry_points, queries, k=10, budget=len(vectors), ef=ef)
+        np.testing.assert_array_equal(ids.numpy(), truth)
+        np.testing.assert_allclose(distances.numpy(), true_d, rtol=1e-4, atol=1e-3)
+    # Repeated entry points are visited once: the budget rule still counts exactly.
+    repeated = np.concatenate([entry_points, entry_points])
+    a = ops.search(vectors, neighbours, repeated, queries, k=10, budget=200)[0].numpy()
+    b = ops.search(vectors, neighbours, entry_points, queries, k=10, budget=200)[0].numpy()
+    np.testing.assert_array_equal(a, b)
+
+
+def _stored(vectors, storage):
+    """(stored array, scale, offset, dequantised float64 values) for a storage type."""
+    if storage == "float32":
+        return vectors, 1.0, 0.0, vectors.astype(np.float64)
+    if storage == "float16":
+        halves = vectors.astype(np.float16)
+        return halves, 1.0, 0.0, halves.astype(np.float64)
+    low, high = float(vectors.min()), float(vectors.max())
+    scale = (high - low) / 255
+    codes = np.clip(np.rint((vectors - low) / scale), 0, 255).astype(np.uint8)
+    return codes, scale, low, low + scale * codes.astype(np.float64)
+
+
+_STORAGE_DISTANCES = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from hybrid_keras.fanng import ops
+    sys.path.insert(0, sys.argv[1])
+    from test_fanng_ops import _stored, brute_force
+    rng = np.random.default_rng(61)
+    worst = 0.0
+    for dim in (1, 7, 8, 31, 33, 64, 100):  # every tail length of the SIMD loops
+        vectors = (rng.normal(size=(50, dim)) * 3).astype(np.float32)
+        queries = (rng.normal(size=(5, dim)) * 3).astype(np.float32)
+        for storage in ("float32", "float16", "uint8"):
+            metrics = ("l2",) if storage == "uint8" else ("l2", "ip")
+            for metric in metrics:
+                stored, scale, offset, values = _stored(vectors, storage)
+                neighbours, entry, _ = ops.build_graph(stored, max_degree=6, metric=metric, scale=scale, offset=offset)
+                ids, d = ops.search(stored, neighbours, entry, queries, k=50, budget=50, metric=metric, scale=scale,
+                                    offset=offset)
+                ids = ids.numpy()
+                q = queries.astype(np.float64)
+                if metric == "l2":
+                    want = ((q[:, None, :] - values[ids]) ** 2).sum(-1)
+                else:
+                    want = -(q[:, None, :] * values[ids]).sum(-1)
+                scale_of = np.abs(want).max() + 1.0
+                worst = max(worst, float(np.abs(d.numpy() - want).max() / scale_of))
+                _, truth_d = brute_force(values, queries, 50, metric=metric)
+                worst = max(worst, float(np.abs(np.sort(d.numpy(), 1) - truth_d).max() / scale_of))
+    print(worst)
+    """
+)
+
+
+@pytest.mark.parametrize("kernels", ["dispatched", "portable"])
+def test_storage_distances_equal_numpy_on_dequantised_vectors(module, kernels):
+    """Every storage type and metric, in the SIMD kernels chosen at load time and in the
+    portable fallback (forced by HYBRID_KERAS_FANNG_PORTABLE), against float64 NumPy on the
+    dequantised values, at dims that exercise every loop tail."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    if kernels == "portable":
+        env["HYBRID_KERAS_FANNG_PORTABLE"] = "1"
+    else:
+        env.pop("HYBRID_KERAS_FANNG_PORTABLE", None)
+    result = subprocess.run([sys.executable, "-c", _STORAGE_DISTANCES, str(Path(__file__).parent)], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+@pytest.mark.parametrize("storage", ["float16", "uint8"])
+def test_compact_storage_graph_and_recall(storage):
+    vectors, centres = clustered(2000, 32, clusters=20, seed=7)
+    queries = sample_near(centres, 100, seed=8)
+    stored, scale, offset, values = _stored(vectors, storage)
+    neighbours, entry, entry_points = ops.build_graph(stored, max_degree=16, seed=3, entry_points=8, scale=scale,
+                                                      offset=offset)
+    neighbours = neighbours.numpy()
+    assert reachable_from(neighbours, int(entry)).all()
+    assert occlusion_violations(values, neighbours[:200]) == []  # the rule holds on the stored values
+    truth, _ = brute_force(vectors, queries, 10)
+    ids, _ = ops.search(stored, neighbours, entry_points, queries, k=10, budget=2000, ef=100, scale=scale,
+                        offset=offset)
+    # Against the float32 truth: uint8 steps of range/255 (about 0.1 here) swap close neighbours.
+    assert recall(ids.numpy(), truth) >= (0.99 if storage == "float16" else 0.95)
+
+
+def _insert_case(storage="float32", seed=71):
+    vectors, centres = clustered(2400, 16, clusters=15, seed=seed)
+    stored, scale, offset, values = _stored(vectors, storage)
+    old, _, entry_points = ops.build_graph(stored[:2000], max_degree=12, seed=1, entry_points=4, scale=scale,
+                                           offset=offset)
+    table = np.concatenate([old.numpy(), np.full((400, 12), -1, np.int32)])
+    inserted = ops.insert(stored, table, entry_points, 2000, scale=scale, offset=offset).numpy()
+    return vectors, centres, stored, scale, offset, values, old.numpy(), entry_points.numpy(), inserted
+
+
+@pytest.mark.parametrize("storage", ["float32", "uint8"])
+def test_insertion_keeps_the_occlusion_rule_and_reachability(storage):
+    vectors, centres, stored, scale, offset, values, old, entry_points, inserted = _insert_case(storage)
+    check_rows(values, inserted)
+    assert occlusion_violations(values, inserted) == []
+    assert reachable_from(inserted, int(entry_points[0])).all()
+    assert (inserted[2000:] >= 0).any(axis=1).all()  # every new vertex has out-edges
+    # Old rows change only by reverse and traverse-add edges (and what those evict): most
+    # of their edges stay.
+    kept = [len(set(a[a >= 0]) & set(b[b >= 0])) / max(1, (b >= 0).sum()) for a, b in zip(inserted[:2000], old)]
+    assert np.mean(kept) > 0.8
+
+
+def test_insertion_recall_is_within_a_stated_margin_of_a_rebuild():
+    vectors, centres, stored, _, _, _, _, entry_points, inserted = _insert_case()
+    rebuilt, _, rebuilt_entry_points = ops.build_graph(vectors, max_degree=12, seed=1, entry_points=4)
+    queries = sample_near(centres, 200, seed=72)
+    truth, _ = brute_force(vectors, queries, 10)
+    for ef in (10, 20, 40):
+        got = recall(ops.search(vectors, inserted, entry_points, queries, k=10, budget=2400, ef=ef)[0].numpy(), truth)
+        want = recall(ops.search(vectors, rebuilt, rebuilt_entry_points, queries, k=10, budget=2400,
+                                 ef=ef)[0].numpy(), truth)
+        assert got >= want - 0.02, (ef, got, want)  # margin: 2 points of recall@10
+    # The new vertices find themselves.
+    ids, _ = ops.search(vectors, inserted, entry_points, vectors[2000:], k=1, budget=2400, ef=16)
+    assert np.mean(ids.numpy()[:, 0] == np.arange(2000, 2400)) >= 0.99
+
+
+def test_insertion_is_deterministic_and_ignores_rows_after_start():
+    *_, inserted = _insert_case()
+    vectors, _, _, _, _, _, old, entry_points, _ = _insert_case()
+    table = np.concatenate([old, np.random.default_rng(0).integers(-1, 2400, size=(400, 12), dtype=np.int32)])
+    again = ops.insert(vectors, table, entry_points, 2000).numpy()
+    np.testing.assert_array_equal(again, inserted)
+    # start = N inserts nothing.
+    np.testing.assert_array_equal(ops.insert(vectors, inserted, entry_points, 2400).numpy(), inserted)
 
 
 # ------------------------------------------------------------------ metric, threads
@@ -486,6 +643,75 @@ def test_fuzz_bad_inputs_raise_not_crash(module):
     ]:
         _expect_error(lambda case=case: raw_build(**case))
 
+    # Storage types: attrs checked, non-finite halves refused, uint8 only with l2.
+    half_nan = vectors.astype(np.float16)
+    half_nan[2, 2] = np.inf
+    codes = np.clip(vectors * 20 + 128, 0, 255).astype(np.uint8)
+    for case in [
+        dict(vectors=half_nan),
+        dict(vectors=codes, scale=0.0),
+        dict(vectors=codes, scale=-1.0),
+        dict(vectors=codes, scale=float("nan")),
+        dict(vectors=codes, scale=float("inf")),
+        dict(vectors=codes, offset=float("nan")),
+        dict(vectors=codes, metric="ip"),
+        dict(vectors=codes, num_entry_points=0),
+        dict(vectors=codes, num_entry_points=5000),
+        dict(vectors=tf.constant(codes.astype(np.int8))),
+    ]:
+        _expect_error(lambda case=case: raw_build(**case))
+    for case in [dict(vectors=half_nan), dict(vectors=codes, scale=0.0), dict(vectors=codes, metric="ip"),
+                 dict(vectors=tf.constant(codes.astype(np.uint16)))]:
+        bad_search(**case)
+    raw_search(**dict(good, vectors=codes, scale=0.5, offset=-3.0))  # valid
+    raw_search(**dict(good, vectors=vectors.astype(np.float16)))  # valid
+
+    # Insertion: every input checked.
+    raw_insert = module.hybrid_keras_fanng_insert
+    old_graph = np.concatenate([neighbours[:30], np.full((10, 5), -1, np.int32)])
+    old_graph[:30] = np.where(old_graph[:30] >= 30, -1, old_graph[:30])
+    good_insert = dict(vectors=vectors, neighbours=old_graph, entry_points=np.array([0, 3], np.int32),
+                       start=np.int32(30))
+    raw_insert(**good_insert)  # the baseline is valid
+    points_forward = old_graph.copy()
+    points_forward[4, 0] = 35  # an old row pointing at a new one
+    for change in [
+        dict(vectors=vectors[0]),
+        dict(vectors=nan_vectors),
+        dict(vectors=half_nan),
+        dict(vectors=codes, metric="ip"),
+        dict(vectors=codes, scale=0.0),
+        dict(neighbours=old_graph[:39]),
+        dict(neighbours=old_graph[0]),
+        dict(neighbours=np.full((40, 300), -1, np.int32)),  # wider than builds allow
+        dict(neighbours=np.zeros((40, 0), np.int32)),
+        dict(neighbours=points_forward),
+        dict(neighbours=np.where(old_graph == 1, -7, old_graph).astype(np.int32)),
+        dict(entry_points=np.array([30], np.int32)),  # a new row cannot be an entry point
+        dict(entry_points=np.array([-1], np.int32)),
+        dict(entry_points=np.zeros(0, np.int32)),
+        dict(entry_points=np.zeros((1, 1), np.int32)),
+        dict(start=np.int32(0)),
+        dict(start=np.int32(41)),
+        dict(start=np.array([30], np.int32)),
+        dict(candidates=5000),
+        dict(ef=-1),
+    ]:
+        args = dict(good_insert, **change)
+        _expect_error(lambda args=args: raw_insert(**args))
+    for trial in range(100):
+        args = dict(good_insert)
+        key = list(good_insert)[trial % len(good_insert)]
+        shape = tuple(rng.integers(0, 4, size=rng.integers(0, 3)))
+        if key == "vectors":
+            args[key] = rng.choice([np.nan, np.inf, 1e38, -1e38, 0.0], size=shape).astype(np.float32)
+        else:
+            args[key] = rng.integers(-2**31, 2**31 - 1, size=shape, dtype=np.int64).astype(np.int32)
+        try:
+            raw_insert(**args)
+        except (tf.errors.InvalidArgumentError, TypeError, ValueError):
+            pass
+
     # The wrappers reject the same things, with TypeError/ValueError for dtypes and ranks.
     for call in [
         lambda: ops.build_graph(vectors.astype(np.int64)),
@@ -501,6 +727,13 @@ def test_fuzz_bad_inputs_raise_not_crash(module):
         lambda: ops.search(vectors, neighbours, entry, queries, k=2**40),
         lambda: ops.search(vectors, too_big, entry, queries),
         lambda: ops.search(nan_vectors, neighbours, entry, queries),
+        lambda: ops.build_graph(vectors, seed=2**64),  # once a SystemError from the op wrapper
+        lambda: ops.build_graph(vectors, seed=1.5),
+        lambda: ops.build_graph(vectors, max_degree=1024),
+        lambda: ops.build_graph(vectors, entry_points=0),
+        lambda: ops.insert(vectors, old_graph, [0], 2**40),
+        lambda: ops.insert(vectors, old_graph, [[0]], 30),
+        lambda: ops.build_graph(vectors.astype(np.int16)),
     ]:
         _expect_error(call)
 

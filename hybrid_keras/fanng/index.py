@@ -39,8 +39,10 @@ MAX_SEARCH_DEGREE = 65535
 MAX_ENTRY_POINTS = 4096
 # Additions of at least this fraction of the index rebuild the graph instead of inserting.
 REBUILD_FRACTION = 0.25
-# Builds over this many vectors report progress while the op runs.
+# Builds over this many vectors report progress while the op runs, a line every
+# PROGRESS_INTERVAL_S when stderr is a log file (a terminal gets a spinner).
 PROGRESS_THRESHOLD = 50_000
+PROGRESS_INTERVAL_S = 10.0
 # Longest header line load() reads before calling the file corrupt.
 MAX_HEADER_BYTES = 1 << 20
 
@@ -506,9 +508,16 @@ class _Layout(NamedTuple):
         if storage == "uint8" and (metric != "l2" or options["scale"] <= 0):
             raise IndexFormatError(f"{path}: uint8 storage needs metric 'l2' and a positive scale, got "
                                    f"{metric!r} and {options['scale']}")
+        if storage != "uint8" and (options["scale"], options["offset"]) != (1.0, 0.0):
+            raise IndexFormatError(f"{path}: scale and offset apply to uint8 storage only and must be 1 and 0 for "
+                                   f"{storage}, got {options['scale']} and {options['offset']}")
         entry_count = _field(path, header, "entry_points", int, low=1, high=MAX_ENTRY_POINTS)
-        _field(path, header, "payload_bytes", int, low=0)
-        return cls(size, dim, degree, storage, entry_count, options)
+        layout = cls(size, dim, degree, storage, entry_count, options)
+        if _field(path, header, "payload_bytes", int, low=0) != layout.payload_bytes:
+            raise IndexFormatError(f"{path}: the header's size, dim, max_degree, storage and entry_points describe "
+                                   f"{layout.payload_bytes} payload bytes, its payload_bytes says "
+                                   f"{header['payload_bytes']}")
+        return layout
 
     @property
     def vector_bytes(self) -> int:
@@ -587,10 +596,10 @@ def _line_start() -> str:
 def _report_progress(size: int, done: threading.Event) -> None:
     """Elapsed time while the build op runs (the op is one call; it cannot report fractions).
     A terminal gets a spinner redrawn in place twice a second; a log file a line every
-    ten seconds."""
+    PROGRESS_INTERVAL_S."""
     started = time.perf_counter()
     terminal = _is_terminal()
-    interval = 0.5 if terminal else 10.0
+    interval = 0.5 if terminal else PROGRESS_INTERVAL_S
     spinner = "|/-\\"
     tick = 0
     while not done.wait(interval):

@@ -96,6 +96,7 @@ class Builder {
 
   void Run(int32_t* neighbours_out, int32_t* entry_points_out) {
     entry_ = FindEntry();
+    entry_points_ = ChooseEntryPoints();
     graph_.assign(n_ * m_, -1);
     lengths_.assign(n_ * m_, kInf);
     degree_.assign(n_, 0);
@@ -121,7 +122,7 @@ class Builder {
       if (opt_.connect) Connect();
     }
     std::copy(graph_.begin(), graph_.end(), neighbours_out);
-    ChooseEntryPoints(entry_points_out);
+    std::copy(entry_points_.begin(), entry_points_.end(), entry_points_out);
   }
 
   // Links rows [start, n) into the graph held in neighbours[0, start) (see InsertVertices).
@@ -129,12 +130,14 @@ class Builder {
   // which include the other vertices of their batch (so a batch of near-duplicates, such
   // as a new class of examples, links up among itself); the edges are then applied one
   // vertex at a time in row order: the occlusion rule over the candidates gives the
-  // vertex's row, every kept edge gets its reverse edge through AddEdge, and a greedy
-  // walk from the entry towards each new vertex adds an edge where it gets stuck, as in
-  // the build's traverse-add. The result does not depend on the thread count.
+  // vertex's row, every kept edge gets its reverse edge through AddEdge, and greedy
+  // walks towards each new vertex add an edge where they get stuck, as in the build's
+  // traverse-add; the build's reachability step ends it. The result does not depend on
+  // the thread count.
   void Insert(int32_t* neighbours, const int32_t* entry_points, int64_t entry_count, int64_t start,
               const InsertOptions& insert) {
     entry_ = entry_points[0];
+    entry_points_.assign(entry_points, entry_points + entry_count);
     graph_.assign(neighbours, neighbours + n_ * m_);
     degree_.assign(n_, 0);
     for (int64_t v = 0; v < n_; ++v) {
@@ -155,7 +158,8 @@ class Builder {
     const int64_t ef = insert.ef > 0 ? insert.ef : pool;
     constexpr int64_t kBatch = 256;
     std::vector<std::vector<Neighbour>> found(kBatch);
-    std::vector<int32_t> stuck(kBatch);
+    std::vector<int32_t> stuck(3 * kBatch);
+    const uint64_t stream = Mix(0x1A5E27000ULL + static_cast<uint64_t>(start));
     std::vector<Neighbour> candidates, kept;
     for (int64_t first = start; first < n_; first += kBatch) {
       const int64_t count = std::min(kBatch, n_ - first);
@@ -196,13 +200,24 @@ class Builder {
         SetRow(v, kept);
         for (const Neighbour& e : kept) AddEdge(e.id, v, nullptr);
       }
+      // The build's traverse-add walks (see Refine), from a random vertex linked before
+      // this batch, plus one from the entry when it is not the nearest entry point, which
+      // keeps the new vertex reachable from there.
       parallel_for_(count, 60 * m_ * data_.dim, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) stuck[i] = GreedyStuck(static_cast<int32_t>(first + i), entry_);
+        for (int64_t i = begin; i < end; ++i) {
+          const int32_t t = static_cast<int32_t>(first + i);
+          const int32_t from = static_cast<int32_t>(Mix(stream ^ static_cast<uint64_t>(t)) % static_cast<uint64_t>(first));
+          const int32_t nearest = TraverseWalks(t, from, &stuck[3 * i]);
+          stuck[3 * i + 2] = nearest == entry_ ? -1 : GreedyStuck(t, entry_);
+        }
       });
-      for (int64_t i = 0; i < count; ++i) {
-        if (stuck[i] >= 0) AddEdge(stuck[i], static_cast<int32_t>(first + i), nullptr);
+      for (int64_t i = 0; i < 3 * count; ++i) {
+        if (stuck[i] >= 0) AddEdge(stuck[i], static_cast<int32_t>(first + i / 3), nullptr);
       }
     }
+    // Edges evicted along the way (a full row drops its longest edge; an occluded edge
+    // goes) can cut a vertex off, as in the build: the build's reachability step repairs it.
+    Connect();
     std::copy(graph_.begin(), graph_.end(), neighbours);
   }
 
@@ -253,13 +268,10 @@ class Builder {
   // walking there from the centre. Each Lloyd step assigns points in parallel (a
   // per-point result) and updates centroids sequentially, so the choice depends on the
   // seed only. Empty clusters repeat the entry (a search skips repeats).
-  void ChooseEntryPoints(int32_t* out) {
-    const int64_t count = opt_.entry_points;
-    out[0] = entry_;
-    if (count <= 1 || n_ < 2) {
-      std::fill(out + 1, out + count, entry_);
-      return;
-    }
+  std::vector<int32_t> ChooseEntryPoints() {
+    const int64_t count = std::max(1, opt_.entry_points);
+    std::vector<int32_t> out(count, entry_);
+    if (count == 1 || n_ < 2) return out;
     constexpr int kLloydSteps = 6;
     const int64_t dim = data_.dim;
     const int64_t clusters = std::min<int64_t>(count - 1, n_);
@@ -322,6 +334,21 @@ class Builder {
     for (int64_t c = 0; c + 1 < count; ++c) {
       out[c + 1] = c < clusters && nearest[c] >= 0 ? order[nearest[c]] : entry_;
     }
+    return out;
+  }
+
+  // The entry point a search for vertex t would walk from: the one nearest to t.
+  int32_t NearestEntryPoint(int32_t t) const {
+    int32_t best = entry_points_[0];
+    float best_d = Dist(best, t);
+    for (size_t e = 1; e < entry_points_.size(); ++e) {
+      const float d = Dist(entry_points_[e], t);
+      if (Closer(d, entry_points_[e], best_d, best)) {
+        best = entry_points_[e];
+        best_d = d;
+      }
+    }
+    return best;
   }
 
   // ---------------------------------------------------------------- 2a. exact kNN
@@ -828,9 +855,20 @@ class Builder {
     return true;
   }
 
+  // The two traverse-add walks towards t: from the entry point nearest to t, then from
+  // `random_start`. Writes where each got stuck (-1: it reached t) to stuck[0..1] and
+  // returns the entry point used.
+  int32_t TraverseWalks(int32_t t, int32_t random_start, int32_t* stuck) const {
+    const int32_t nearest = NearestEntryPoint(t);
+    stuck[0] = GreedyStuck(t, nearest);
+    stuck[1] = GreedyStuck(t, random_start);
+    return nearest;
+  }
+
   // One FANNG traverse-add pass: every vertex, in a seeded random order, is the target
-  // of two greedy walks, one from the entry (where searches start) and one from a random
-  // vertex (the paper's random pairs); a failed walk adds an edge from where it stopped.
+  // of two greedy walks, one from the entry point nearest to it (where a search for it
+  // starts; the entry itself when there is one entry point) and one from a random vertex
+  // (the paper's random pairs); a failed walk adds an edge from where it stopped.
   // This carries queries across regions the local kNN candidates never linked. Walks from
   // the entry alone leave clustered data nearly a tree of clusters (a few hub clusters
   // hold all the links between clusters), so queries near a cluster reached through an
@@ -851,9 +889,8 @@ class Builder {
       parallel_for_(count, 60 * m_ * data_.dim, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
           const int32_t t = order[start + i];
-          stuck[2 * i] = GreedyStuck(t, entry_);
           const int32_t from = static_cast<int32_t>(Mix(stream ^ static_cast<uint64_t>(t)) % static_cast<uint64_t>(n_));
-          stuck[2 * i + 1] = GreedyStuck(t, from);
+          TraverseWalks(t, from, &stuck[2 * i]);
         }
       });
       for (int64_t i = 0; i < count; ++i) {
@@ -955,6 +992,7 @@ class Builder {
   const int64_t n_;
   const int64_t m_;
   int32_t entry_ = 0;
+  std::vector<int32_t> entry_points_{0};  // entry_ first
   std::vector<int32_t> graph_;   // [n, m] neighbour ids, -1 padded, shortest first
   std::vector<float> lengths_;   // [n, m] matching edge lengths
   std::vector<int32_t> degree_;  // real entries per row
