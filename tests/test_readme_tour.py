@@ -78,6 +78,6 @@ def test_demo_quick_runs_end_to_end(tmp_path):
 
     results = run_demo(out_dir=str(tmp_path / "demo"), quick=True)
     assert (tmp_path / "demo" / "1" / "saved_model.pb").exists()
-    # Well above chance (1/9) for every head on the held-out digits, even after a short run.
+    # Well above chance (1/9) for every head on the held-out digits, even after a short run (about 0.8).
     for head in ("softmax", "forest", "knn"):
-        assert results[f"{head}_test_accuracy"] > 0.3, (head, results)
+        assert results[f"{head}_test_accuracy"] > 0.5, (head, results)
