@@ -49,6 +49,7 @@ def l2_normalize(x, axis: int = -1):
     at 1e-7, which leaves those far from unit length). The result does not depend on that
     divisor, so no gradient flows through it.
     """
+    x = ops.convert_to_tensor(x)
     largest = ops.stop_gradient(ops.max(ops.abs(x), axis=axis, keepdims=True))
     # Two steps by its square root: XLA divides by multiplying with the reciprocal, and
     # the reciprocal of a value above 2**126 is subnormal, which it flushes to 0.
