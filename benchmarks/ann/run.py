@@ -13,7 +13,10 @@ quantisation + exact re-ranking) and faiss IndexFlatL2 (exact).
 Timing is fair on a shared machine: every index is built single-threaded, then every
 (method, setting, query set) is timed once per round, several rounds, fastest kept
 (``benchmarks.common.fastest_interleaved``), first single-threaded with the whole
-process pinned to one core, then with 2 threads unpinned. A warm-up pass measures recall
+process pinned to one core, then with 2 threads unpinned. Single-threaded q/s are taken
+from the process's CPU time (``qps``; wall-clock ``qps_wall`` beside it), so that other
+work on the shared core does not land on whichever method it overlaps; 2-thread q/s are
+throughput, from wall time. A warm-up pass measures recall
 and drops each method's settings beyond the first that reaches recall@10 0.995 on every
 query set. The insertion test times FANNG's ``add`` into a built index against hnswlib's
 ``add_items``, batch by batch in alternation.
@@ -98,16 +101,18 @@ def benchmark(dataset: data.Dataset, chosen: list[methods.Method], rounds: int, 
             if owner is not None:
                 method.share_graph(owner)
                 entries[method.name] = {**method.describe(), "shares_graph_of": owner.name,
-                                        "build_s": entries[owner.name]["build_s"],
-                                        "index_bytes": entries[owner.name]["index_bytes"]}
+                                        **{key: entries[owner.name][key] for key in
+                                           ("build_s", "build_cpu_s", "index_bytes")}}
                 continue
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             method.build(dataset.base)
-            build = time.perf_counter() - started
-            entries[method.name] = {**method.describe(), "build_s": build, "index_bytes": method.index_bytes()}
+            build, build_cpu = time.perf_counter() - started, time.process_time() - started_cpu
+            entries[method.name] = {**method.describe(), "build_s": build, "build_cpu_s": build_cpu,
+                                    "index_bytes": method.index_bytes()}
             if getattr(method, "default", False):
                 entries[method.name]["default"] = True
-            log(f"  built {method.name:28s} {build:7.1f} s  {entries[method.name]['index_bytes'] / 2**20:7.1f} MiB")
+            log(f"  built {method.name:28s} {build:7.1f} s ({build_cpu:7.1f} s CPU) "
+                f"{entries[method.name]['index_bytes'] / 2**20:7.1f} MiB")
 
     # Warm-up pass: recall of every setting, how often to repeat each search, and which
     # costly settings to drop.
@@ -135,9 +140,12 @@ def benchmark(dataset: data.Dataset, chosen: list[methods.Method], rounds: int, 
         selected = {key: task for key, task in tasks.items() if key[3] == count}
         runs = {key: _repeat(method, setting, queries, count, repeats)
                 for key, (method, setting, queries, repeats) in selected.items()}
+        # One thread: wall time and process CPU time (the q/s reported; other work on the
+        # shared core does not inflate it). Two threads: throughput, so wall time only.
+        clocks = [time.perf_counter, time.process_time] if count == 1 else [time.perf_counter]
         with pinned_to_cpus({cpu} if count == 1 and cpu is not None else None):
             log(f"  timing {len(runs)} searches with {count} thread(s), {rounds} rounds")
-            timings.update(fastest_interleaved(runs, rounds))
+            timings.update(fastest_interleaved(runs, rounds, clocks))
 
     for method in chosen:
         curves = entries[method.name].setdefault("curves", {})
@@ -148,10 +156,14 @@ def benchmark(dataset: data.Dataset, chosen: list[methods.Method], rounds: int, 
                     key = (method.name, position, query_set, count)
                     if key not in timings:
                         continue
-                    repeats = tasks[key][3]
+                    searched = tasks[key][3] * len(queries)
                     recall10, recall1 = recalls[key]
-                    points.append({**setting, "recall10": recall10, "recall1": recall1,
-                                   "qps": repeats * len(queries) / timings[key]})
+                    wall, *cpu = timings[key]
+                    point = {**setting, "recall10": recall10, "recall1": recall1,
+                             "qps": searched / (cpu[0] if cpu else wall), "qps_wall": searched / wall}
+                    if cpu:
+                        point["qps_cpu"] = searched / cpu[0]
+                    points.append(point)
                 curves.setdefault(query_set, {})[str(count)] = points
     result = {"size": len(dataset.base), "dim": int(dataset.base.shape[1]), "description": dataset.description,
               "details": dataset.details, "query_sets": list(dataset.queries), "threads": threads,
@@ -194,14 +206,16 @@ def insertion(base: np.ndarray, queries: np.ndarray, initial: int, added: int, b
         hnsw = hnswlib.Index(space="l2", dim=base.shape[1])
         hnsw.init_index(max_elements=initial + added, M=16, ef_construction=methods.EF_CONSTRUCTION, random_seed=0)
         hnsw.add_items(base[:initial], num_threads=1)
-        seconds = {"FANNG": 0.0, "hnswlib M=16": 0.0}
+        seconds = {"FANNG": 0.0, "hnswlib M=16": 0.0}  # process CPU time (single-threaded, shared core)
+        wall = dict(seconds)
         for start in range(initial, initial + added, batch):
             chunk = base[start: min(start + batch, initial + added)]
             for name, add in (("FANNG", lambda c: fanng.add(c)),
                               ("hnswlib M=16", lambda c: hnsw.add_items(c, num_threads=1))):
-                began = time.perf_counter()
+                began, began_cpu = time.perf_counter(), time.process_time()
                 add(chunk)
-                seconds[name] += time.perf_counter() - began
+                seconds[name] += time.process_time() - began_cpu
+                wall[name] += time.perf_counter() - began
         hnsw.set_ef(64)
         after = {"FANNG": data.recall_at(fanng.search(queries, k=K, ef=64)[0], truth, K),
                  "hnswlib M=16": data.recall_at(hnsw.knn_query(queries, k=K, num_threads=1)[0].astype(np.int64),
@@ -210,8 +224,8 @@ def insertion(base: np.ndarray, queries: np.ndarray, initial: int, added: int, b
         rebuilt.add(everything)
         rebuilt.build()
         rebuilt_recall = data.recall_at(rebuilt.search(queries, k=K, ef=64)[0], truth, K)
-    rows = [{"name": name, "seconds": s, "vectors_per_s": added / s, "recall10_after": after[name]}
-            for name, s in seconds.items()]
+    rows = [{"name": name, "cpu_seconds": s, "wall_seconds": wall[name], "vectors_per_s": added / s,
+             "vectors_per_s_wall": added / wall[name], "recall10_after": after[name]} for name, s in seconds.items()]
     for row in rows:
         log(f"  {row['name']:14s} {row['vectors_per_s']:9,.0f} vectors/s, recall@10 after {row['recall10_after']:.3f}")
     log(f"  FANNG rebuilt over the same vectors: recall@10 {rebuilt_recall:.3f}")

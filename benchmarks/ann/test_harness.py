@@ -34,8 +34,21 @@ def test_fastest_interleaved_times_every_task_once_per_round_and_keeps_the_faste
 
     monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])
     best = common.fastest_interleaved({"a": make("a"), "b": make("b")}, rounds=3)
-    assert best == {"a": 1.0, "b": 4.0}
+    assert best == {"a": [1.0], "b": [4.0]}
     assert calls == ["a", "b", "b", "a", "a", "b"]  # rounds alternate direction
+
+
+def test_fastest_interleaved_keeps_the_fastest_on_each_clock():
+    ticks = {"wall": [0.0], "cpu": [0.0]}
+    steps = iter([(5.0, 1.0), (2.0, 1.5)])  # (wall, cpu) per call: the fastest differ by clock
+
+    def task():
+        wall, cpu = next(steps)
+        ticks["wall"][0] += wall
+        ticks["cpu"][0] += cpu
+
+    best = common.fastest_interleaved({"a": task}, rounds=2, clocks=[lambda: ticks["wall"][0], lambda: ticks["cpu"][0]])
+    assert best == {"a": [2.0, 1.0]}
 
 
 def test_fastest_interleaved_rejects_zero_rounds():
