@@ -5,6 +5,7 @@ so the README table can be regenerated without rerunning anything:
 
     python benchmarks/ann/report.py                       # print the Markdown block
     python benchmarks/ann/report.py --write-readme README.md   # replace the block between the markers
+    python benchmarks/ann/report.py --plot benchmarks/results/ann.png   # redraw the figure
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ def plot(results: dict, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from benchmarks.common import save_figure
@@ -206,16 +208,25 @@ def plot(results: dict, path: Path) -> Path:
         dataset = results["datasets"][name]
         for column, count in enumerate(threads):
             axis = axes[row, column]
-            for method in dataset["methods"]:
+            colours = plt.get_cmap("tab20").colors  # 20 distinct colours: no two methods share one
+            for number, method in enumerate(dataset["methods"]):
                 points = sorted(method["curves"][query_set].get(str(count), []), key=lambda p: p["recall10"])
+                colour = colours[(2 * number) % 20 + (2 * number) // 20]
                 if not points:
                     continue
+                if method["family"] == "exact":  # one point at recall 1, off the logit axis: a level line
+                    axis.axhline(points[0]["qps"], color=colour, linestyle=":", label=f"{method['name']}")
+                    continue
                 style = "--" if method["family"] == "FANNG" and method["options"].get("rule") == "budget" else "-"
-                marker = "o" if len(points) == 1 else "."
-                axis.plot([p["recall10"] for p in points], [p["qps"] for p in points], style, marker=marker,
+                axis.plot([p["recall10"] for p in points], [p["qps"] for p in points], style, marker=".", color=colour,
                           linewidth=2.2 if method["family"] == "FANNG" else 1.2, label=method["name"])
             axis.set_yscale("log")
-            axis.set_xlim(max(0.5, axis.get_xlim()[0]), 1.002)
+            axis.set_xscale("logit")  # spreads 0.9, 0.99 and 0.999 evenly
+            axis.set_xlim(0.5, 0.999)
+            ticks = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.995, 0.999)
+            axis.xaxis.set_major_locator(FixedLocator(ticks))
+            axis.xaxis.set_major_formatter(FixedFormatter([f"{t:g}" for t in ticks]))
+            axis.xaxis.set_minor_locator(NullLocator())
             for recall in RECALLS:
                 axis.axvline(recall, color="grey", linewidth=0.5, alpha=0.5)
             axis.set_xlabel("recall@10")
@@ -230,8 +241,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Render the ANN results as the README's Markdown block.")
     parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "ann.json")
     parser.add_argument("--write-readme", metavar="README", type=Path, help="replace the block in this file")
+    parser.add_argument("--plot", metavar="PNG", type=Path, help="also redraw the figure into this file")
     args = parser.parse_args(argv)
-    block = render_markdown(json.loads(args.results.read_text()))
+    results = json.loads(args.results.read_text())
+    if args.plot:
+        plot(results, args.plot)
+    block = render_markdown(results)
     if args.write_readme:
         args.write_readme.write_text(replace_block(args.write_readme.read_text(), block))
         print(f"wrote the ANN block of {args.write_readme}")
