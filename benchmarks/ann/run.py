@@ -55,7 +55,7 @@ def log(message: str) -> None:
 
 
 # ---------------------------------------------------------------------- which methods
-def fanng_variants(max_degree: int, entry_point_counts=(1, 256)) -> list[methods.Fanng]:
+def fanng_variants(max_degree: int, entry_point_counts=(1, 64, 256)) -> list[methods.Fanng]:
     """FANNG's default configuration first (float32 vectors, the default number of entry
     points), then each other storage type, each other entry-point count, and the paper's
     budget rule over the default graph (a search option: it shares the default's build)."""
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     parser.add_argument("--random-size", type=int, default=1_000_000)
     parser.add_argument("--hnsw-m", default="16,32,48")
     parser.add_argument("--max-degree", type=int, default=32)
-    parser.add_argument("--entry-points", default="1,256", help="FANNG entry-point counts to try beside the default")
+    parser.add_argument("--entry-points", default="1,64,256", help="FANNG entry-point counts to try beside the default")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", default="1,2", help="thread counts to time (1 is pinned to one core)")
     parser.add_argument("--cpu", type=int, default=None, help="core for the single-threaded parts (default: the last)")
