@@ -38,4 +38,6 @@ def embed(backbone, *, layer: str | None = None, pooling: str = "avg", normalize
         raise ValueError(f"cannot embed features of shape {features.shape}; expected [B, D] or [B, H, W, C]")
     if normalize:
         features = L2Normalize(name="embedding_l2")(features)
-    return keras.Model(backbone.inputs, features, name=name or f"{backbone.name}_embedding")
+    # A single input stays a single tensor, so calling the embedder with one array warns of nothing.
+    inputs = backbone.inputs[0] if len(backbone.inputs) == 1 else backbone.inputs
+    return keras.Model(inputs, features, name=name or f"{backbone.name}_embedding")
