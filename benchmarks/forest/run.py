@@ -155,6 +155,7 @@ def main(argv=None) -> int:
     parser.add_argument("--trees", default=None, help="comma-separated tree counts (default 10,100,300)")
     parser.add_argument("--depths", default=None, help="comma-separated depth caps (default 4,8,16,24)")
     parser.add_argument("--name", default="forest_throughput", help="results file name (JSON and PNG)")
+    parser.add_argument("--no-pixels", action="store_true", help="skip the per-pixel map (for reruns of some cases)")
     args = parser.parse_args(argv)
 
     x_train, y_train = synthetic(args.train_rows, seed=0)
@@ -166,9 +167,10 @@ def main(argv=None) -> int:
     load_before = machine_load()
     cases = [measure_case(t, d, x_train, y_train, x_test, args.rounds) for t in trees_grid for d in depth_grid
              if not (d == 4 and t == 300)]
-    pixels = per_pixel(100, 16, x_train, y_train, args.rounds)
-    print(f"per pixel (100 trees, depth<=16, {PIXEL_MAP[0]}x{PIXEL_MAP[1]} map): "
-          f"{pixels['layer_pixels_per_s']:,.0f} px/s, ratio to TF-DF {pixels['ratio']:.2f}")
+    pixels = None if args.no_pixels else per_pixel(100, 16, x_train, y_train, args.rounds)
+    if pixels:
+        print(f"per pixel (100 trees, depth<=16, {PIXEL_MAP[0]}x{PIXEL_MAP[1]} map): "
+              f"{pixels['layer_pixels_per_s']:,.0f} px/s, ratio to TF-DF {pixels['ratio']:.2f}")
     results = {"machine": machine(), "load": {"before": load_before, "after": machine_load()}, "rounds": args.rounds,
                "features": FEATURES, "classes": CLASSES, "train_rows": args.train_rows, "cases": cases,
                "per_pixel": pixels}
