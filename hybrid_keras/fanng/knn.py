@@ -123,8 +123,8 @@ def _holds_values(tensor) -> bool:
 
 
 def _divide_by_power_of_two(x, exponent):
-    """``x / 2**exponent`` (exact), in two steps of at most 2**64 each: XLA divides by
-    multiplying with the reciprocal, and flushes the reciprocal of 2**127 (subnormal) to 0."""
+    """``x / 2**exponent`` in two steps of at most 2**64 each: XLA divides by multiplying
+    with the reciprocal, and flushes the reciprocal of 2**127 (subnormal) to 0."""
     half = ops.floor(exponent / 2.0)
     return x / ops.power(2.0, half) / ops.power(2.0, exponent - half)
 
@@ -133,7 +133,7 @@ def _power_of_two_exponent(magnitude):
     """floor(log2(magnitude)) as float32, magnitudes floored at the smallest normal float32.
 
     Dividing by 2**exponent brings the magnitude into [1, 2) (at most one step off where
-    log2 rounds) and is exact, so scaled arithmetic rounds as the unscaled would.
+    log2 rounds); scaling by a power of two changes no significant bits.
     """
     return ops.floor(ops.log2(ops.maximum(magnitude, _TINY)))
 
