@@ -31,16 +31,6 @@ QUICK = {"trees": 10, "depth": 8, "train_rows": 3_000, "batch": 5_000, "map": (3
 TOLERANCE = 1e-5
 
 
-def _fastest(call, repeats: int) -> float:
-    """Seconds of the fastest of ``repeats`` calls of ``call()``."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def run(quick: bool = False) -> dict:
     import jax
     import keras
@@ -50,6 +40,7 @@ def run(quick: bool = False) -> dict:
         raise RuntimeError(f"benchmarks/gpu/forest.py needs KERAS_BACKEND=jax, got {keras.backend.backend()!r}")
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from benchmarks.forest.run import FEATURES, synthetic
+    from benchmarks.gpu.timing import fastest_seconds
     from hybrid_keras.forest import ForestLayer, train_forest
 
     setting = QUICK if quick else FULL
@@ -97,7 +88,7 @@ def run(quick: bool = False) -> dict:
     for _ in range(setting["rounds"]):  # alternate, so a slow spell does not land on one method
         for name, call, repeats in (("layer_rows", layer_rows, calls), ("layer_map", layer_map, calls),
                                     ("ydf_rows", ydf_rows, max(1, calls // 5))):
-            best[name] = min(best[name], _fastest(call, repeats))
+            best[name] = min(best[name], fastest_seconds(call, repeats))
 
     batch, pixels = len(rows), height * width
     result = {
