@@ -3,10 +3,10 @@ serializable, so models using them round-trip through ``.keras`` files, and use
 ``keras.ops`` only, so they run on every Keras backend."""
 
 from hybrid_keras.layers.crf import DenseCRF
+from hybrid_keras.layers.fully_convolutional import BilinearUpsampling, CropToReference, MinimumSize, ReplicatePadding
 from hybrid_keras.layers.normalization import L2Normalize, LocalResponseNormalization
 from hybrid_keras.layers.pooling import AdaptiveAveragePooling2D
 from hybrid_keras.layers.preprocessing import Preprocessing, find_preprocessing
-from hybrid_keras.layers.upsampling import BilinearUpsampling, CropToReference, ReplicatePadding
 
 __all__ = ["AdaptiveAveragePooling2D", "BilinearUpsampling", "CropToReference", "DenseCRF", "L2Normalize",
-           "LocalResponseNormalization", "Preprocessing", "ReplicatePadding", "find_preprocessing"]
+           "LocalResponseNormalization", "MinimumSize", "Preprocessing", "ReplicatePadding", "find_preprocessing"]

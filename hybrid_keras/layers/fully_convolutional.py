@@ -1,20 +1,26 @@
-"""Learnt upsampling as in fully convolutional networks (Long, Shelhamer & Darrell, CVPR 2015).
+"""What fully convolutional networks need around their backbone (Long, Shelhamer & Darrell, CVPR 2015):
+learnt upsampling back to the image, and a check that the image is large enough.
 
 A score map at stride ``s`` goes back to a finer grid through a transposed convolution
 (kernel ``2s``, stride ``s``) whose kernel starts as bilinear interpolation
 (:class:`BilinearUpsampling`, the closed form of the FCN reference code), then is cropped to
-the finer map's size (:class:`CropToReference`). Both work for any input size:
+the finer map's size (:class:`CropToReference`). Together they work for any input size:
 
-- A cell ``i`` of a map at stride ``s`` stands for the pixels ``[i s, (i + 1) s)``, centred
-  on ``i s + (s - 1) / 2``. The valid transposed convolution puts that cell's centre at
-  output ``i s + s - 1/2``, so output ``o`` lies over pixel ``o - s/2``: the crop offset is
-  ``s // 2`` on both axes (FCN's Caffe models, with their padding of 100, needed other
-  offsets; these backbones pad "same", so the geometry is this simple one).
+- The valid transposed convolution puts input cell ``i`` at output ``i s + s - 1/2``. Where
+  a cell stands for the pixels ``[i s, (i + 1) s)`` (max pooling), centred on
+  ``i s + (s - 1) / 2``, output ``o`` then lies over pixel ``o - s/2``: the crop offset is
+  ``s / 2``. Backbones that centre their cells elsewhere need other offsets
+  (``zoo.architectures.fcn.crop_offset``); FCN's Caffe models, padded by 100, had theirs.
 - The output has ``(n + 1) s`` rows for ``n`` input rows, which can fall short of the finer
-  map when the backbone rounds sizes down (a 60-pixel image gives a 1-row stride-32 map).
-  :class:`ReplicatePadding` adds one copy of the last row and column before the
-  upsampling, so the crop always fits and the border is interpolated as if the scores
-  were constant beyond it.
+  map when the backbone rounds sizes down (a 60-pixel image gives a 1-row stride-32 map),
+  and its first and last ``s / 2`` rows get a single input cell's share (bilinear weights
+  below 1). :class:`ReplicatePadding` before the upsampling fixes both: one copy of the
+  first row and column, and two of the last (a map rounded down leaves up to ``s - 1``
+  pixels past its last cell's centre), so the border is interpolated as if the scores were
+  constant beyond it, as clamped bilinear resizing does; the crop, offset by one more cell
+  (``s``), then always fits.
+- :class:`MinimumSize` refuses images smaller than the network's output stride with a
+  clear error, before a backbone layer fails on a map of size 0.
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ class BilinearUpsampling(keras.initializers.Initializer):
 class ReplicatePadding(keras.layers.Layer):
     """Pads ``[B, H, W, C]`` maps by repeating their edge rows and columns (``padding=((top, bottom), (left, right))``)."""
 
-    def __init__(self, padding=((0, 1), (0, 1)), **kwargs):
+    def __init__(self, padding=((1, 2), (1, 2)), **kwargs):
         super().__init__(**kwargs)
         try:
             (top, bottom), (left, right) = padding
@@ -136,3 +142,38 @@ class CropToReference(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "offset": self.offset}
+
+
+@keras.saving.register_keras_serializable(package="hybrid_keras")
+class MinimumSize(keras.layers.Layer):
+    """Passes images ``[B, H, W, C]`` through unchanged; raises if ``H`` or ``W`` is below ``min_size``.
+
+    The check runs where the size is known: when the model is built for a fixed size, and
+    on every call (shapes are static under ``jax.jit`` and in each ``tf.function`` trace).
+    """
+
+    def __init__(self, min_size: int, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(min_size, (int, np.integer)) or isinstance(min_size, bool) or min_size < 1:
+            raise ValueError(f"min_size must be a positive int. Received: min_size={min_size!r}")
+        self.min_size = int(min_size)
+
+    def build(self, input_shape):
+        self._check(input_shape)
+        self.built = True
+
+    def call(self, inputs):
+        self._check(inputs.shape)
+        return inputs
+
+    def _check(self, shape):
+        sides = [side for side in tuple(shape)[1:3] if side is not None]
+        if any(side < self.min_size for side in sides):
+            raise ValueError(f"{self.name}: images must be at least {self.min_size}x{self.min_size} pixels, the "
+                             f"network's output stride. Received: images of shape {tuple(shape)}")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "min_size": self.min_size}
