@@ -267,6 +267,8 @@ def test_bad_input():
         zoo.load("fcn8s", dropout=1.0, **SMALL_MOBILENET)
     with pytest.raises(TypeError, match="crf"):
         zoo.load("fcn8s", crf="yes", **SMALL_MOBILENET)
+    with pytest.raises(TypeError, match=r"sets \['include_top', 'pooling'\] of its backbone itself"):
+        zoo.load("fcn8s", include_top=False, pooling="avg", **SMALL_MOBILENET)
     with pytest.raises(ValueError, match="weights='imagenet'"):
         zoo.load("fcn8s", weights="imagenet")  # backbone weights go to backbone_weights=
     model = zoo.load("fcn8s", classes=3, **SMALL_MOBILENET)

@@ -137,6 +137,11 @@ def _fcn(card, *, strides: tuple[int, ...], backbone, classes, weights, backbone
                            classifier_activation=classifier_activation)
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
+    taken = sorted(set(backbone_kwargs) & {"include_top", "pooling", "input_tensor", "weights", "input_shape",
+                                             "include_preprocessing", "classes", "classifier_activation"})
+    if taken:
+        raise TypeError(f"{card.name} sets {taken} of its backbone itself; the other keyword arguments go to the "
+                        f"backbone (alpha=..., layout=...). Received: {', '.join(f'{k}={backbone_kwargs[k]!r}' for k in taken)}")
     spec = BACKBONES[backbone]
     if spec.fully_connected and backbone_weights == "imagenet":
         # fc6/fc7 come from the classifier, so take the backbone's default file, which has it.
