@@ -1,7 +1,7 @@
 """Tests of the ANN benchmark's harness: timing rounds, the photo split, recall, curve
 interpolation, summaries and the README block. Small, seeded, no datasets or indexes.
 
-    .venv/bin/python -m pytest benchmarks/ann/test_harness.py -q
+    .venv/bin/python -m pytest tests/test_ann_harness.py -q
 """
 
 from __future__ import annotations
@@ -165,3 +165,13 @@ def test_readme_block_is_rendered_from_results_and_replaced_between_markers():
     assert report.replace_block(refreshed, block) == refreshed  # idempotent
     with pytest.raises(ValueError, match="ann:start"):
         report.replace_block("no markers here", block)
+
+
+def test_readme_ann_block_is_generated_from_the_committed_results():
+    import json
+
+    repo = Path(__file__).resolve().parents[1]
+    results = json.loads((repo / "benchmarks" / "results" / "ann.json").read_text())
+    text = (repo / "README.md").read_text()
+    block = text.split(report.README_START, 1)[1].split(report.README_END, 1)[0].strip()
+    assert block == report.render_markdown(results).strip(), "run: python benchmarks/ann/report.py --write-readme README.md"
