@@ -15,7 +15,7 @@ alternation (each once per round, fastest of the rounds kept).
 
     KERAS_BACKEND=tensorflow python benchmarks/segmentation/crf.py [--data ../shared/data] [--quick]
 
-Writes ``crf.json`` and ``crf.png`` (results folder, or a temporary one with ``--quick``).
+Writes ``crf_<backend>.json`` and ``.png`` (results folder, or a temporary one with ``--quick``).
 """
 
 from __future__ import annotations
@@ -255,13 +255,14 @@ def main(argv=None):
     timings = speed(args.data, [args.iterations] if args.quick else [5, 10], 1 if args.quick else args.rounds,
                     use_pydensecrf)
     results_dir = QUICK_RESULTS_DIR if args.quick else RESULTS_DIR
-    write_json(results_dir / "crf.json", {
+    stem = f"crf_{keras.backend.backend()}"
+    write_json(results_dir / f"{stem}.json", {
         "backend": keras.backend.backend(), "iterations": args.iterations,
         "pydensecrf": _version("pydensecrf2") or _version("pydensecrf") if use_pydensecrf else None,
         "accuracy": rows, "seconds_360x480": timings, "cpu_count": os.cpu_count(),
         "unaries": "ground truth averaged over 8x8 cells, upsampled bilinearly; logits 3 log(p + 0.05) + N(0, 0.5)",
     })
-    figure(last, results_dir / "crf.png")
+    figure(last, results_dir / f"{stem}.png")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ barycentric weights. Splatting and slicing have variance 1/6 cell^2 along each a
 blur 1/2, so cells ``sqrt(6/5)`` standard deviations wide give the grid kernel the
 Gaussian's variance. Its shapes are fixed by the image size and the standard deviations,
 never by the pixel values, so it runs under XLA / jit, on GPU and in a SavedModel with stock
-operations (a segment sum, a gather, shifts). The grid kernel is ``S B S^T`` with ``B``
+operations (a segment sum, a gather, depthwise convolutions). The grid kernel is ``S B S^T`` with ``B``
 positive semidefinite, so it is positive semidefinite like the exact one: with the Potts
 model each mean-field step cannot raise the mean-field free energy (the concave-convex
 argument of Krähenbühl & Koltun, ICML 2013), for this kernel as for the exact one. The spatial kernel is filtered exactly (a separable Gaussian convolution
@@ -56,10 +56,9 @@ COMPATIBILITIES = ("potts", "learned")
 NORMALIZATIONS = ("symmetric", "none")
 FILTERINGS = ("grid", "exact")
 COLOR_MAX = 255.0  # images are raw pixel values in [0, 255] (clipped to it)
-BLUR_PASSES = 1  # [1, 2, 1] / 4 blurs per grid axis
-# Grid cell width in standard deviations: splatting and slicing with tents (variance 1/6
-# cell^2 each) and the blurs (1/2 each) give the grid kernel the Gaussian's variance.
-CELL_PER_SIGMA = 1 / math.sqrt(1 / 3 + BLUR_PASSES / 2)
+# Grid cell width in standard deviations: splatting and slicing (variance 1/6 cell^2 each)
+# and the [1, 2, 1] / 4 blur (1/2) give the grid kernel the Gaussian's variance.
+CELL_PER_SIGMA = math.sqrt(6 / 5)
 SPATIAL_RADIUS_PER_SIGMA = 4  # the spatial kernel's support; beyond it exp(-8) < 3.4e-4
 MAX_GRID_VALUES = 2 ** 28  # grid cells x classes per image (1 GiB in float32)
 MAX_EXACT_PIXELS = 2 ** 14  # filtering="exact" holds B x N x N floats
@@ -268,39 +267,37 @@ class _SeparableGaussian:
 class _BilateralGrid:
     """``K Q`` for the bilateral kernel, on a grid over (row, column, colour channels).
 
-    The grid is stored flat per image, ``[B, cells, C]``, rows outermost and colour
-    channels innermost, with one empty guard cell at both ends of every axis, so a blur
-    along an axis is a shift of the flat array by that axis's stride (the guard cells
-    absorb what crosses a line's end; they are zero before each axis is blurred).
+    The grid holds the cells that splatting can touch, ``floor(extent / cell) + 2`` per
+    axis; it is stored flat per image, ``[B, cells, C]``, rows outermost and colour
+    channels innermost. Each blur is a depthwise convolution with zero padding over a
+    reshaped view: what it spreads past the grid's edge would land in cells that no pixel
+    reads, so dropping it changes nothing.
     """
 
     def __init__(self, images, spatial_sigma: float, color_sigma: float, *, num_classes: int, layer: str):
         batch, height, width, channels = (_size(images, a) for a in range(4))
         spatial_cell = CELL_PER_SIGMA * spatial_sigma
         color_cell = CELL_PER_SIGMA * color_sigma
-        color_cells = _cells(COLOR_MAX, color_cell)
-        dims = [_cells(height - 1, spatial_cell), _cells(width - 1, spatial_cell)] + [color_cells] * channels
+        self.dims = [_cells(height - 1, spatial_cell), _cells(width - 1, spatial_cell)] + \
+            [_cells(COLOR_MAX, color_cell)] * channels
         strides = [1]
-        for size in reversed(dims[1:]):
+        for size in reversed(self.dims[1:]):
             strides.insert(0, strides[0] * size)
-        self.cells = dims[0] * strides[0]
+        self.cells = self.dims[0] * strides[0]
         if isinstance(self.cells, int) and self.cells * num_classes > MAX_GRID_VALUES:
             raise ValueError(
                 f"{layer}: the bilateral grid for {height}x{width} images would hold {self.cells:,} cells x "
                 f"{num_classes} classes (at most {MAX_GRID_VALUES:,} values); raise bilateral_color_sigma or "
                 f"bilateral_spatial_sigma. Received: bilateral_spatial_sigma={spatial_sigma}, "
                 f"bilateral_color_sigma={color_sigma}")
-        self.strides = strides
-        self.batch = batch
         # The grid kernel integrates to 1 cell per axis, the Gaussian to sqrt(2 pi) sigma.
-        self.normalizer = (math.sqrt(2 * math.pi) / CELL_PER_SIGMA) ** len(dims)
+        self.normalizer = (math.sqrt(2 * math.pi) / CELL_PER_SIGMA) ** len(self.dims)
 
         positions, colours = _pixel_features(images)
-        coordinates = ops.concatenate([positions / spatial_cell, colours / color_cell], axis=-1) + BLUR_PASSES
+        coordinates = ops.concatenate([positions / spatial_cell, colours / color_cell], axis=-1)
         base = ops.floor(coordinates)
         fraction = coordinates - base
-        base = ops.cast(base, "int32")
-        ids, weights = _simplex_vertices(base, fraction, strides)  # [B, N, d + 1] each
+        ids, weights = _simplex_vertices(ops.cast(base, "int32"), fraction, strides)  # [B, N, d + 1] each
         image_offset = ops.arange(batch, dtype="int32")[:, None, None] * self.cells
         self.ids = ops.reshape(ids + image_offset, (-1,))  # [B N corners] into [B cells]
         self.weights = weights[..., None]  # [B, N, corners, 1]
@@ -309,14 +306,31 @@ class _BilateralGrid:
         batch, height, width, channels = (_size(q, a) for a in range(4))
         values = ops.reshape(q, (batch, height * width, 1, channels)) * self.weights
         grid = ops.segment_sum(ops.reshape(values, (-1, channels)), self.ids, num_segments=batch * self.cells)
-        grid = ops.reshape(grid, (batch, self.cells, channels))
-        for stride in self.strides:
-            for _ in range(BLUR_PASSES):
-                grid = 0.5 * grid + 0.25 * (_shift(grid, stride, forward=True) + _shift(grid, stride, forward=False))
-        values = ops.reshape(ops.take(ops.reshape(grid, (-1, channels)), self.ids, axis=0),
-                             (batch, height * width, -1, channels))
+        grid = self._blur(grid, channels)
+        values = ops.reshape(ops.take(grid, self.ids, axis=0), (batch, height * width, -1, channels))
         out = ops.sum(values * self.weights, axis=2) * self.normalizer
         return ops.reshape(out, (batch, height, width, channels))
+
+    def _blur(self, grid, channels):
+        """[1, 2, 1] / 4 along every axis of the flat grid ``[B cells, C]``: each colour axis
+        as a column convolution over (that axis, the axes inside it), then rows and columns
+        together as one 3x3 convolution over all colour cells' channels."""
+        colour = self.dims[2:]
+        for axis, size in enumerate(colour):
+            inner = int(np.prod(colour[axis + 1:], dtype=np.int64))
+            grid = _depthwise(ops.reshape(grid, (-1, size, inner, channels)), _BLUR[:, None])
+        grid = _depthwise(ops.reshape(grid, (-1, self.dims[0], self.dims[1], int(np.prod(colour)) * channels)),
+                          np.outer(_BLUR, _BLUR))
+        return ops.reshape(grid, (-1, channels))
+
+
+_BLUR = np.array([0.25, 0.5, 0.25], np.float32)
+
+
+def _depthwise(x, kernel):
+    """The same 2-D ``kernel`` over every channel of ``x`` ``[N, H, W, C]``, zero padding."""
+    tiled = np.tile(kernel[:, :, None, None], (1, 1, x.shape[-1], 1)).astype(np.float32)
+    return ops.depthwise_conv(x, tiled, strides=1, padding="same")
 
 
 def _simplex_vertices(base, fraction, strides):
@@ -337,18 +351,7 @@ def _simplex_vertices(base, fraction, strides):
 
 
 def _cells(extent, cell):
-    """Grid cells along an axis of coordinates in [0, extent]: floor(extent / cell) + 2 that
-    splatting touches, and BLUR_PASSES on each side for the blurs to spread into (the
-    outermost always zero before its axis is blurred)."""
-    margin = 2 + 2 * BLUR_PASSES
+    """Grid cells along an axis of coordinates in [0, extent]: floor(extent / cell) + 2, the ones splatting touches."""
     if isinstance(extent, (int, float)):
-        return int(math.floor(extent / cell)) + margin
-    return ops.cast(ops.floor(ops.cast(extent, "float32") / cell), "int32") + margin
-
-
-def _shift(grid, stride, *, forward: bool):
-    """``out[:, g] = grid[:, g - stride]`` (forward) or ``grid[:, g + stride]``, zero where that leaves the grid."""
-    cells = _size(grid, 1)
-    if forward:
-        return ops.concatenate([ops.zeros_like(grid[:, :stride]), grid[:, :cells - stride]], axis=1)
-    return ops.concatenate([grid[:, stride:], ops.zeros_like(grid[:, :stride])], axis=1)
+        return int(math.floor(extent / cell)) + 2
+    return ops.cast(ops.floor(ops.cast(extent, "float32") / cell), "int32") + 2
