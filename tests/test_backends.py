@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import zoo
+from tests.zoo_reference import randomise_keras_batchnorm
 
 pytestmark = pytest.mark.backend_agnostic
 
@@ -46,16 +47,6 @@ def pixels(family: str) -> np.ndarray:
     return np.random.default_rng(7).uniform(0, 255, size=(2, *shape)).astype("float32")
 
 
-def randomise_batch_norm(model: keras.Model, seed: int = 0) -> None:
-    """Non-trivial batch-norm statistics, so that a backend handling them differently shows."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, variance = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.uniform(-0.2, 0.2, beta.shape),
-                               rng.uniform(-0.5, 0.5, mean.shape), rng.uniform(0.5, 2.0, variance.shape)])
-
-
 def tensorflow_outputs(weights: dict, out: Path) -> None:
     """Run in a KERAS_BACKEND=tensorflow process: each family with the given weights, outputs to ``out`` (.npz)."""
     outputs = {}
@@ -71,7 +62,7 @@ def test_zoo_outputs_equal_tensorflows_for_the_same_weights(tmp_path):
     ours, weights = {}, {}
     for family in FAMILIES:
         model = build(family)
-        randomise_batch_norm(model)
+        randomise_keras_batchnorm(model)  # non-trivial statistics, so a backend handling BN differently shows
         weights[family] = str(tmp_path / f"{family}.weights.h5")
         model.save_weights(weights[family])
         ours[family] = model.predict(pixels(family), verbose=0)  # compiled under JAX: faster than op by op
