@@ -33,8 +33,7 @@ class ResolvedWeights:
     spec: WeightSpec | None = None  # None for a file the user gave
 
 
-def check_arguments(name: str, *, include_top: bool, classes: int, pooling, classifier_activation,
-                    weights: ResolvedWeights | None = None) -> None:
+def check_arguments(name: str, *, include_top: bool, classes: int, pooling, classifier_activation) -> None:
     if not isinstance(include_top, bool):
         raise TypeError(f"include_top must be True or False. Received: include_top={include_top!r}")
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
