@@ -20,25 +20,22 @@ As in the paper:
 A backbone is any zoo classifier listed in :data:`BACKBONES`: the names of its layers at
 strides 8, 16 and 32, its classifier layers that become convolutions, and where a cell at
 stride ``s`` is centred. The backbone comes from ``zoo.load(backbone, include_top=False,
-weights=backbone_weights, ...)``, so its preprocessing layer stays first (the model takes
-raw RGB in [0, 255]) and its classification weight tags apply; ``weights`` is for a whole
-FCN's ``.weights.h5``.
+weights=backbone_weights, ...)``, so its preprocessing layer is inside (right after the
+input size check: the model takes raw RGB in [0, 255]) and its classification weight tags
+apply; ``weights`` is for a whole FCN's ``.weights.h5``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from typing import Callable
 
 import numpy as np
 
 from zoo import common
-from zoo.lazy import hk_layers, keras, layers
+from zoo.lazy import hk_layers, layers
 from zoo.registry import load, register_model
-
-log = logging.getLogger("zoo")
 
 REFERENCE = "Long, Shelhamer & Darrell, Fully Convolutional Networks for Semantic Segmentation, CVPR 2015"
 FC_UNITS = 4096
