@@ -27,6 +27,17 @@ def _directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
+def _faiss_search(index, queries, threads: int) -> np.ndarray:
+    """The k nearest ids with faiss on ``threads`` OpenMP threads, back to one thread afterwards."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    try:
+        return index.search(queries, K)[1]
+    finally:
+        faiss.omp_set_num_threads(1)
+
+
 class Method:
     """One index and its knob. Subclasses set ``name``, ``family`` and ``settings``."""
 
@@ -139,14 +150,8 @@ class FaissHnsw(Method):
         self.index.add(base)
 
     def search(self, queries, setting, threads):
-        import faiss
-
         self.index.hnsw.efSearch = max(setting["ef"], K)
-        faiss.omp_set_num_threads(threads)
-        try:
-            return self.index.search(queries, K)[1]
-        finally:
-            faiss.omp_set_num_threads(1)
+        return _faiss_search(self.index, queries, threads)
 
     def index_bytes(self):
         import faiss
@@ -171,13 +176,7 @@ class FaissFlat(Method):
         self.index.add(base)
 
     def search(self, queries, setting, threads):
-        import faiss
-
-        faiss.omp_set_num_threads(threads)
-        try:
-            return self.index.search(queries, K)[1]
-        finally:
-            faiss.omp_set_num_threads(1)
+        return _faiss_search(self.index, queries, threads)
 
     def index_bytes(self):
         return int(self.index.ntotal * self.index.d * 4)
