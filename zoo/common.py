@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -249,8 +250,6 @@ def ceil_max_pool(x, size, stride, name):
 
     The inputs follow ReLUs (>= 0), so zero padding cannot win the max.
     """
-    import math
-
     height, width = x.shape[1], x.shape[2]
     if height is None or width is None:
         return layers.MaxPooling2D(size, strides=stride, padding="same", name=name)(x)

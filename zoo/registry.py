@@ -19,6 +19,7 @@ import functools
 import inspect
 from typing import Any, Callable, Mapping
 
+from zoo.common import resolve_weights
 from zoo.weights import WeightSpec
 
 TASKS = ("classification", "embedding", "segmentation", "detection", "generative", "sequence")
@@ -135,8 +136,6 @@ def register_model(
             arguments = dict(bound.arguments)
             extra = arguments.pop(next((p.name for p in public_signature.parameters.values()
                                         if p.kind is inspect.Parameter.VAR_KEYWORD), "__none__"), {})
-            from zoo.common import resolve_weights
-
             arguments["weights"] = resolve_weights(card, arguments)
             return build(card, **arguments, **extra)
 
