@@ -238,3 +238,63 @@ def _register(name: str, strides: tuple[int, ...]):
 fcn32s = _register("fcn32s", (32,))
 fcn16s = _register("fcn16s", (32, 16))
 fcn8s = _register("fcn8s", (32, 16, 8))
+
+
+def backbone_of(model) -> str:
+    """The name of the :data:`BACKBONES` entry whose layers ``model`` (an FCN of this module) holds."""
+    names = {layer.name for layer in model.layers}
+    for backbone, spec in BACKBONES.items():
+        if set(spec.taps.values()) <= names:
+            return backbone
+    raise ValueError(f"{model.name!r} holds no backbone of {sorted(set(BACKBONES))} (an FCN from zoo.load is needed)")
+
+
+def hypercolumn(model, *, stride: int = 8, name: str | None = None):
+    """A feature model of an FCN's backbone: raw images -> ``[B, ceil(H/stride), ceil(W/stride), F]``.
+
+    The backbone's maps at ``stride`` and every coarser tap (8, 16, 32) are stacked per cell:
+    the coarser ones upsampled bilinearly onto the finer grid (a replicated border cell, then
+    a crop that puts each value over its own pixels). These are the features FCN-8s scores
+    linearly; a per-pixel solver such as a forest (:func:`forest_head`) reads them all.
+    Takes any image size the FCN takes.
+    """
+    spec = BACKBONES[backbone_of(model)]
+    if stride not in spec.taps:
+        raise ValueError(f"stride must be one of {sorted(spec.taps)}. Received: stride={stride!r}")
+    reference = model.get_layer(spec.taps[stride]).output
+    columns = [reference]
+    for coarse in sorted(s for s in spec.taps if s > stride):
+        factor = coarse // stride
+        offset = math.floor((spec.centre(model, stride) - spec.centre(model, coarse)) / stride + 1.5 * factor)
+        x = hk_layers.ReplicatePadding(((1, 1), (1, 1)), name=f"stride{coarse}_pad")(model.get_layer(spec.taps[coarse]).output)
+        x = layers.UpSampling2D(factor, interpolation="bilinear", name=f"stride{coarse}_up")(x)
+        columns.append(hk_layers.CropToReference(offset, name=f"stride{coarse}_to_stride{stride}")([x, reference]))
+    features = layers.Concatenate(name="hypercolumn")(columns)
+    import keras
+
+    return keras.Model(model.input, features, name=name or f"{model.name}_hypercolumn")
+
+
+def forest_head(model, forest, *, stride: int = 8, name: str | None = None):
+    """An FCN's backbone with a per-pixel forest instead of its score layers: raw images -> class
+    probabilities ``[B, H, W, classes]`` (output layer "probabilities").
+
+    ``forest``: a classification :class:`hybrid_keras.forest.ForestLayer` trained on
+    :func:`hypercolumn` features at the same ``stride`` (e.g. by
+    :func:`hybrid_keras.forest.train_residual_forest`). Its probabilities are brought to the
+    image by the same fixed bilinear upsampling as FCN-8s's last step, which keeps each
+    pixel's a distribution. Any image size the FCN takes; exports like the FCN.
+    """
+    import keras
+
+    features = hypercolumn(model, stride=stride)
+    if forest.num_features != features.output.shape[-1]:
+        raise ValueError(f"the forest reads {forest.num_features} features but the hypercolumn has "
+                         f"{features.output.shape[-1]}; train it on hypercolumn(model, stride={stride}) features")
+    spec = BACKBONES[backbone_of(model)]
+    probabilities = forest(features.output)
+    probabilities = _upsample(probabilities, model.input, factor=stride,
+                              offset=crop_offset(spec.centre(model, stride), 0.0, stride, 1),
+                              classes=forest.output_width, trainable=False, name="forest_up_to_image",
+                              crop_name="probabilities")
+    return keras.Model(model.input, probabilities, name=name or f"{model.name}_forest")
