@@ -14,6 +14,14 @@ signature               input                                 meaning
                                                                resized to H x W
 ======================  ===================================  ==========================
 
+A segmentation model (one output ``[batch, H, W, classes]`` at the input's size, such as
+the zoo's FCNs, with or without a dense CRF or a forest head) serves two outputs per
+pixel instead of the model's own: ``class_map`` (uint8 [batch, H, W], the most probable
+class) and ``probabilities`` (float32 [batch, H, W, classes]; a softmax is applied when the
+model ends in logits). When the model takes any image size, so do its signatures: images
+of any height and width (one size per request), and encoded images are decoded at their
+own size rather than resized.
+
 Any other model (a forest on tabular features, a kNN head on stored embeddings) gets
 one ``serving_default`` signature whose input ``features`` is a float32 tensor of the
 model's input shape. Outputs are a dict keyed by the model's output names
@@ -72,7 +80,9 @@ def is_image_model(model) -> bool:
     return len(shape) == 4 and shape[-1] in (1, 3)
 
 
-def _model_image_shape(model, image_size):
+def _model_image_shape(model, image_size, *, any_size: bool = False):
+    """(height, width, channels) the signatures take; with ``any_size`` (segmentation), a model
+    of any size keeps None for height and width unless ``image_size`` fixes them."""
     shape = _single_input_shape(model)
     height, width, channels = shape[1:]
     if image_size is not None:
@@ -81,6 +91,8 @@ def _model_image_shape(model, image_size):
         if (height, width) != (None, None) and tuple(image_size) != (height, width):
             raise ValueError(f"image_size={tuple(image_size)} differs from the model's input size {(height, width)}")
         height, width = (int(s) for s in image_size)
+    if (height is None or width is None) and any_size:
+        return height, width, int(channels)
     if height is None or width is None:
         raise ValueError(
             f"{model.name!r} accepts any image size; pass image_size=(height, width) so the "
@@ -107,6 +119,60 @@ def _output_dict(model, outputs):
     if not isinstance(outputs, (list, tuple)):
         outputs = [outputs]
     return dict(zip(names, outputs))
+
+
+# Probe size for telling a per-pixel output from a downsampled feature map (any-size models).
+_PROBE_SIZE = (96, 128)
+# Any-size segmentation models are verified at these sizes (the second odd, to exercise crops).
+SEGMENTATION_VERIFY_SIZES = ((64, 96), (77, 101))
+
+
+def segmentation_classes(model) -> int | None:
+    """The number of classes when ``model`` is a segmentation model, else None.
+
+    A segmentation model is an image model with one output ``[B, H, W, classes]`` at its
+    input's height and width (checked on a probe size when the model takes any size).
+    """
+    if not is_image_model(model) or len(model.outputs) != 1 or len(model.outputs[0].shape) != 4:
+        return None
+    height, width, channels = _single_input_shape(model)[1:]
+    if height is None or width is None:
+        height, width = _PROBE_SIZE
+        try:
+            shape = model.compute_output_shape((1, height, width, channels))
+        except Exception:  # a layer that cannot say statically: not treated as per-pixel
+            return None
+    else:
+        shape = model.outputs[0].shape
+    return int(shape[-1]) if tuple(shape[1:3]) == (height, width) and shape[-1] else None
+
+
+def _ends_in_probabilities(model) -> bool:
+    """Whether a segmentation model's output is already a distribution per pixel: it ends in a
+    softmax, a DenseCRF, or a layer named "probabilities" (a forest head); a layer named
+    "logits" (FCN with ``classifier_activation=None``) gets a softmax. Anything else is refused."""
+    import keras
+
+    from hybrid_keras.layers import DenseCRF
+
+    layer = model.outputs[0]._keras_history.operation
+    if isinstance(layer, DenseCRF) or layer.name == "probabilities":
+        return True
+    if isinstance(layer, keras.layers.Activation) and getattr(layer.activation, "__name__", "") == "softmax":
+        return True
+    if layer.name == "logits":
+        return False
+    raise ValueError(f"cannot tell whether {model.name!r}'s per-pixel output (layer {layer.name!r}) is probabilities or "
+                     "logits: end the model in a softmax Activation, or name its last layer 'probabilities' or 'logits'")
+
+
+def _segmentation_outputs(outputs, probabilities_given: bool, classes: int):
+    """``{"class_map", "probabilities"}`` from a segmentation model's output (keras.ops, any backend)."""
+    from keras import ops
+
+    probabilities = outputs if probabilities_given else ops.softmax(outputs, axis=-1)
+    class_map = ops.argmax(probabilities, axis=-1)
+    return {"class_map": ops.cast(class_map, "uint8" if classes <= 256 else "int32"), "probabilities": probabilities}
 
 
 def _describe_preprocessing(model, prepended) -> dict:
@@ -173,23 +239,32 @@ def export_saved_model(
                              f"with preprocessing={preprocessing!r} would normalise twice. Pass preprocessing=None.")
         prepended = Preprocessing(preprocessing, name="export_preprocessing")
 
+    classes = segmentation_classes(model)
+    probabilities_given = _ends_in_probabilities(model) if classes else None
+
     def run(inputs):
-        return _output_dict(model, model(prepended(inputs) if prepended is not None else inputs, training=False))
+        outputs = model(prepended(inputs) if prepended is not None else inputs, training=False)
+        if classes:
+            return _segmentation_outputs(outputs, probabilities_given, classes)
+        return _output_dict(model, outputs)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    metadata = {"model": model.name, "outputs": _output_names(model),
+    metadata = {"model": model.name, "outputs": ["class_map", "probabilities"] if classes else _output_names(model),
                 "preprocessing": _describe_preprocessing(model, prepended)}
+    if classes:
+        metadata.update(task="segmentation", classes=classes)
     if image_model:
-        height, width, channels = _model_image_shape(model, image_size)
+        height, width, channels = _model_image_shape(model, image_size, any_size=bool(classes))
         shape = (None, height, width, channels)
 
         def serve_uint8(images):
             return run(tf.cast(images, tf.float32))
 
         def decode(encoded):
-            image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
-            image = tf.image.resize(tf.cast(image, tf.float32), (height, width), method="bilinear")
+            image = tf.cast(tf.io.decode_image(encoded, channels=channels, expand_animations=False), tf.float32)
+            if height is not None:  # a model of any size (segmentation) reads each image at its own size
+                image = tf.image.resize(image, (height, width), method="bilinear")
             return tf.ensure_shape(image, (height, width, channels))
 
         def serve_image_bytes(image_bytes):
@@ -199,7 +274,7 @@ def export_saved_model(
         archive.add_endpoint("serving_default", run, [tf.TensorSpec(shape, tf.float32, name="images")])
         archive.add_endpoint("serve_uint8", serve_uint8, [tf.TensorSpec(shape, tf.uint8, name="images")])
         archive.add_endpoint("serve_image_bytes", serve_image_bytes, [tf.TensorSpec((None,), tf.string, name="image_bytes")])
-        metadata["image_shape"] = [height, width, channels]
+        metadata["image_shape"] = [height, width, channels]  # None: any size
     else:
         if image_size is not None:
             raise ValueError(f"image_size applies to image models; {model.name!r} takes {model.input_shape}")
@@ -231,7 +306,7 @@ def uses_custom_ops(path: str | os.PathLike) -> bool:
 
 
 # Runs in a fresh interpreter: only TensorFlow (and the op library, if the graph needs it).
-# Each input array is named "<signature>.<argument>".
+# Each input array is named "<signature>.<argument>.<case>"; a case is one request.
 _CHECK_SCRIPT = textwrap.dedent(
     """
     import sys, numpy as np, tensorflow as tf
@@ -242,10 +317,10 @@ _CHECK_SCRIPT = textwrap.dedent(
     data = np.load(inputs_file)
     results = {}
     for key in data.files:
-        signature, argument = key.split(".", 1)
+        signature, argument, case = key.split(".")
         outputs = loaded.signatures[signature](**{argument: tf.constant(data[key])})
         for name, tensor in outputs.items():
-            results[signature + "/" + name] = tensor.numpy()
+            results[signature + "/" + name + "/" + case] = tensor.numpy()
     np.savez(outputs_file, **results)
     """
 )
@@ -255,16 +330,47 @@ def _max_relative_diff(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.max(np.abs(actual - expected) / np.maximum(1.0, np.abs(expected)))) if expected.size else 0.0
 
 
+def _class_map_mismatches(served: np.ndarray, expected: np.ndarray, probabilities: np.ndarray) -> float:
+    """Pixels whose served class differs although the expected top two probabilities are more
+    than the tolerance apart (at a near-tie, rounding may pick either class)."""
+    top_two = np.sort(probabilities, axis=-1)[..., -2:]
+    decided = (top_two[..., 1] - top_two[..., 0]) > TOLERANCE
+    return float(np.sum((served != expected) & decided))
+
+
+def _verification_cases(model, image_size, batch, rng, inputs):
+    """``[(uint8 images or feature arrays), ...]``: one request each."""
+    if not is_image_model(model):
+        shape = _feature_shape(model)
+        arrays = (rng.normal(size=(batch, *shape[1:])) if inputs is None else np.asarray(inputs)).astype(np.float32)
+        if arrays.shape[1:] != shape[1:]:
+            raise ValueError(f"inputs must be [B, {', '.join(map(str, shape[1:]))}]. Received: {arrays.shape}")
+        return [arrays]
+    height, width, channels = _model_image_shape(model, image_size, any_size=segmentation_classes(model) is not None)
+    if inputs is not None:
+        images = [np.asarray(x) for x in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
+        for image in images:
+            if image.dtype != np.uint8 or image.ndim != 4 or image.shape[3] != channels or (
+                    height is not None and image.shape[1:3] != (height, width)):
+                raise ValueError(f"inputs must be uint8 [B, {height or 'H'}, {width or 'W'}, {channels}] (a list of such "
+                                 f"for a model of any size). Received: {image.dtype} {image.shape}")
+        return images
+    sizes = [(height, width)] if height is not None else SEGMENTATION_VERIFY_SIZES
+    return [rng.integers(0, 256, size=(batch, h, w, channels), dtype=np.uint8) for h, w in sizes]
+
+
 def verify_saved_model(model, path, *, preprocessing: str | None = None, image_size=None, batch: int = 2, seed: int = 0,
                        inputs=None) -> dict:
     """Load ``path`` in a fresh TensorFlow-only process and compare all signatures with ``model``.
 
     ``preprocessing``: the mode the export prepended (None when the model carries its own).
-    ``inputs``: uint8 images [B, H, W, C] for an image model, or arrays of the model's
-    input shape; by default ``batch`` random ones.
+    ``inputs``: uint8 images [B, H, W, C] for an image model (a list of batches of different
+    sizes for a segmentation model of any size), or arrays of the model's input shape; by
+    default ``batch`` random ones (at two sizes for an any-size segmentation model).
 
-    Returns ``{signature/output: max relative difference}``; raises
-    ExportVerificationError when any exceeds 1e-5.
+    Returns ``{signature/output/case: max relative difference}`` (for ``class_map``: the
+    number of pixels that differ away from near-ties); raises ExportVerificationError
+    when any exceeds 1e-5.
     """
     import keras
     import tensorflow as tf
@@ -272,32 +378,26 @@ def verify_saved_model(model, path, *, preprocessing: str | None = None, image_s
     from hybrid_keras.layers import Preprocessing
 
     rng = np.random.default_rng(seed)
-    if is_image_model(model):
-        height, width, channels = _model_image_shape(model, image_size)
-        if inputs is None:
-            uint8_images = rng.integers(0, 256, size=(batch, height, width, channels), dtype=np.uint8)
+    classes = segmentation_classes(model)
+    signature_inputs, expected = {}, {}
+    for case, arrays in enumerate(_verification_cases(model, image_size, batch, rng, inputs)):
+        if is_image_model(model):
+            # PNG is lossless, so the decoded bytes equal the images exactly; resizing to the
+            # same size is the identity. (A PNG ends with the IEND CRC, never a NUL byte, so
+            # the fixed-width bytes array NumPy stores gives each file back unchanged.)
+            encoded = np.array([tf.io.encode_png(image).numpy() for image in arrays], dtype=bytes)
+            signature_inputs.update({f"serving_default.images.{case}": arrays.astype(np.float32),
+                                     f"serve_uint8.images.{case}": arrays,
+                                     f"serve_image_bytes.image_bytes.{case}": encoded})
+            model_inputs = arrays.astype(np.float32)
+            if preprocessing is not None and check_mode(preprocessing) != "none":
+                model_inputs = Preprocessing(preprocessing)(model_inputs)
         else:
-            uint8_images = np.asarray(inputs)
-            if uint8_images.dtype != np.uint8 or uint8_images.shape[1:] != (height, width, channels):
-                raise ValueError(f"inputs must be uint8 [B, {height}, {width}, {channels}]. Received: "
-                                 f"{uint8_images.dtype} {uint8_images.shape}")
-        # PNG is lossless, so the decoded bytes equal uint8_images exactly; resizing to the
-        # same size is the identity. (A PNG ends with the IEND CRC, never a NUL byte, so the
-        # fixed-width bytes array NumPy stores gives each file back unchanged.)
-        encoded = np.array([tf.io.encode_png(image).numpy() for image in uint8_images], dtype=bytes)
-        signature_inputs = {"serving_default.images": uint8_images.astype(np.float32),
-                            "serve_uint8.images": uint8_images, "serve_image_bytes.image_bytes": encoded}
-        model_inputs = uint8_images.astype(np.float32)
-        if preprocessing is not None and check_mode(preprocessing) != "none":
-            model_inputs = Preprocessing(preprocessing)(model_inputs)
-    else:
-        shape = _feature_shape(model)
-        model_inputs = (rng.normal(size=(batch, *shape[1:])) if inputs is None else np.asarray(inputs)).astype(np.float32)
-        if model_inputs.shape[1:] != shape[1:]:
-            raise ValueError(f"inputs must be [B, {', '.join(map(str, shape[1:]))}]. Received: {model_inputs.shape}")
-        signature_inputs = {"serving_default.features": model_inputs}
-    expected = _output_dict(model, model(model_inputs, training=False))
-    expected = {name: keras.ops.convert_to_numpy(value) for name, value in expected.items()}
+            signature_inputs[f"serving_default.features.{case}"] = model_inputs = arrays
+        outputs = model(model_inputs, training=False)
+        outputs = (_segmentation_outputs(outputs, _ends_in_probabilities(model), classes) if classes
+                   else _output_dict(model, outputs))
+        expected[case] = {name: keras.ops.convert_to_numpy(value) for name, value in outputs.items()}
 
     op_library = ""
     if uses_custom_ops(path):
@@ -317,10 +417,15 @@ def verify_saved_model(model, path, *, preprocessing: str | None = None, image_s
         with np.load(outputs_file, allow_pickle=False) as served:
             diffs = {}
             for key in served.files:
-                signature, name = key.split("/", 1)
-                diffs[key] = _max_relative_diff(served[key], expected[name])
-    signatures = {key.split(".", 1)[0] for key in signature_inputs}
-    missing = {f"{s}/{n}" for s in signatures for n in expected} - set(diffs)
+                _, name, case = key.split("/")
+                reference = expected[int(case)]
+                if name == "class_map":
+                    diffs[key] = _class_map_mismatches(served[key], reference[name], reference["probabilities"])
+                else:
+                    diffs[key] = _max_relative_diff(served[key], reference[name])
+    wanted = {f"{key.split('.')[0]}/{name}/{key.split('.')[2]}" for key in signature_inputs
+              for name in expected[int(key.split(".")[2])]}
+    missing = wanted - set(diffs)
     if missing:
         raise ExportVerificationError(f"the SavedModel at {path} lacks outputs {sorted(missing)}")
     worst = max(diffs, key=diffs.get)
