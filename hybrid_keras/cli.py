@@ -4,6 +4,7 @@
     hybrid-keras models --write-readme README.md  regenerate the README's model table
     hybrid-keras card NAME                         one model card
     hybrid-keras export NAME OUT_DIR [--weights W] [--classes N] [--input-shape H,W,C]
+    hybrid-keras segment MODEL IMAGE... --out DIR  class-colour overlay PNGs of a segmentation model
     hybrid-keras demo [--out DIR] [--quick]        the end-to-end demo on shipped MNIST images
 """
 
@@ -90,6 +91,32 @@ def write_readme_table(readme: str) -> None:
     path.write_text(f"{head}{README_START}\n{models_table(markdown=True)}\n{README_END}{tail}")
 
 
+def _segment(args) -> None:
+    from pathlib import Path
+
+    from hybrid_keras.segmentation.overlay import segment_images
+
+    model = args.model
+    if not Path(model).exists():
+        import zoo
+
+        if model not in zoo.list_models():
+            raise SystemExit(f"{model!r} is neither a file, a SavedModel directory nor a registered model")
+        if args.weights is None:
+            raise SystemExit(f"{model} has random weights without --weights; pass the .weights.h5 it was trained to")
+        options = {k: v for k, v in (("classes", args.classes), ("backbone", args.backbone), ("alpha", args.alpha))
+                   if v is not None}
+        model = zoo.load(model, weights=args.weights, **options)
+    palette = None
+    if args.palette == "camvid":
+        from hybrid_keras.datasets.camvid import PALETTE
+
+        palette = PALETTE
+    written = segment_images(model, args.images, args.out, palette=palette, opacity=args.opacity)
+    for path in written:
+        print(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Keep the listing commands free of Keras/TensorFlow imports: they only read the registry.
@@ -111,6 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--classes", type=int, default=None, help="number of classes of the top (default: the weights')")
     export.add_argument("--input-shape", default=None, help="H,W,C (default: the model's)")
     export.add_argument("--no-verify", action="store_true", help="skip reloading the export in a fresh process")
+
+    segment = commands.add_parser("segment", help="write class-colour overlays of a segmentation model's output")
+    segment.add_argument("model", help="a .keras file, a SavedModel directory, or a registered segmentation model "
+                                       "name (then give --weights)")
+    segment.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...), any size")
+    segment.add_argument("--out", required=True, help="folder for <name>_overlay.png and <name>_classes.png")
+    segment.add_argument("--weights", default=None, help="with a model name: its .weights.h5 file")
+    segment.add_argument("--classes", type=int, default=None, help="with a model name: its number of classes")
+    segment.add_argument("--backbone", default=None, help="with a model name: its backbone (e.g. mobilenet_v2)")
+    segment.add_argument("--alpha", type=float, default=None, help="with a MobileNetV2 backbone: its width")
+    segment.add_argument("--palette", choices=("default", "camvid"), default="default",
+                         help="class colours: distinct ones per index, or CamVid's (SegNet's)")
+    segment.add_argument("--opacity", type=float, default=0.5, help="of the class colours over the photo")
 
     demo = commands.add_parser("demo", help="fine-tune, add hybrid heads, export and verify, on shipped MNIST images")
     demo.add_argument("--out", default="saved_models/demo", help="where the SavedModel versions go (default saved_models/demo)")
@@ -138,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         path = export_saved_model(model, args.out_dir, verify=not args.no_verify)
         print(f"exported {args.name} to {path}" + ("" if args.no_verify else " (verified in a fresh TensorFlow process)"))
         print("serve it with:\n  " + serving_command(path))
+    elif args.command == "segment":
+        _segment(args)
     elif args.command == "demo":
         from hybrid_keras.demo import run_demo
 

@@ -25,6 +25,9 @@ from hybrid_keras.datasets.base import LocalDatasetBuilder
 CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
            "Bicyclist")
 VOID = 11  # "Unlabelled": SegNet trains and scores classes 0-10 and ignores this one
+# SegNet's display colour of each class (Scripts/camvid11.png), void last.
+PALETTE = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+           (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192), (0, 0, 0))
 LISTS = {"train": "train.txt", "validation": "val.txt", "test": "test.txt"}
 
 
