@@ -46,6 +46,8 @@ class ModelCard:
     # Builder arguments a weights file of a format needs, e.g. MobileNetV2's
     # {"torch-pth": {"layout": "torchvision"}}.
     format_arguments: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    # Said when a weight tag is asked of a model that has none (e.g. where the FCNs' go instead).
+    weights_hint: str = ""
 
     def weight(self, tag: str) -> WeightSpec:
         """The weight file for ``tag`` ("imagenet" means this model's default)."""
@@ -56,7 +58,8 @@ class ModelCard:
                 return spec
         if not self.weights:
             raise ValueError(f"weights={tag!r}: {self.name} has no published weights; pass None (random "
-                             "initialisation) or a .weights.h5 file saved from a model of this family")
+                             "initialisation) or a .weights.h5 file saved from a model of this family"
+                             + (f". {self.weights_hint}" if self.weights_hint else ""))
         known = ["imagenet"] * bool(self.default_weights) + [s.tag for s in self.weights]
         raise ValueError(
             f"weights={tag!r} is not a weight tag of {self.name!r}; known tags: {known or 'none'} "
@@ -111,6 +114,7 @@ def register_model(
     parameters: int | None = None,
     reference_implementation: str = "",
     format_arguments: Mapping[str, Mapping[str, Any]] | None = None,
+    weights_hint: str = "",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a builder under ``name``. Registering a name twice is an error."""
     if task not in TASKS:
@@ -155,6 +159,7 @@ def register_model(
             parameters=parameters,
             reference_implementation=reference_implementation,
             format_arguments=dict(format_arguments or {}),
+            weights_hint=weights_hint,
         )
         _REGISTRY[name] = card
         return builder

@@ -210,6 +210,7 @@ def _register(name: str, strides: tuple[int, ...]):
                      "(the paper's) or mobilenet_v2, backbone_weights= its classification weight tags"),
         parameters=_PARAMETERS[name],
         reference_implementation="the paper's VGG16 net (fcn.berkeleyvision.org), fc6/fc7 as convolutions",
+        weights_hint="The backbone's classification weights go in backbone_weights= (e.g. backbone_weights='imagenet')",
     )
     def builder(card, backbone="vgg16", classes=21, weights=None, backbone_weights=None, input_tensor=None,
                 input_shape=None, classifier_activation="softmax", include_preprocessing=True, dropout=0.5, crf=None,
