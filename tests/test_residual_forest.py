@@ -131,3 +131,52 @@ def test_hypercolumn_and_forest_head_on_odd_sizes(size):
     with pytest.raises(ValueError, match="hypercolumn"):
         forest_head(fcn, ForestLayer.from_compiled(grow_random_forest(rows[:, :5], labels, 3, num_trees=1,
                                                                       max_depth=2), mode="log_sum"))
+
+
+@agnostic
+def test_residual_softmax_adds_the_summed_leaves_to_the_base():
+    from hybrid_keras.forest.residual import ResidualSoftmax
+
+    x, y = _blobs(500)
+    forest = grow_random_forest(x, y, 4, num_trees=3, max_depth=4)
+    layer = ForestLayer.from_compiled(forest, mode="log_sum")
+    base = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    leaves = np.log(_numpy_forest(forest, x[:50]))  # the summed leaves, up to a constant per row
+    expected = np.exp(base + leaves) / np.exp(base + leaves).sum(1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(ResidualSoftmax()([base, layer(x[:50])])), expected, atol=1e-5)
+
+
+@agnostic
+def test_correcting_a_base_starts_from_it_and_improves_on_it():
+    x, y = _blobs(6000, seed=2)
+    # A base that knows only x0 (classes 0/1 vs 2/3 unknown): the forest must add the XOR part.
+    positive = (x[:, 0] > 0).astype(np.float32)
+    base = 2.0 * np.stack([-positive, positive, -positive, positive], 1)
+    zero = grow_random_forest(x, y, 4, num_trees=4, max_depth=4, smoothing=None)
+    assert not zero.leaf_values.any()
+    layer, _ = train_residual_forest(x[:4000], y[:4000], 4, base_logits=base[:4000], epochs=20,
+                                     validation_data=(x[4000:], y[4000:], base[4000:]), num_trees=16, max_depth=6)
+    from hybrid_keras.forest.residual import ResidualSoftmax
+
+    corrected = np.asarray(ResidualSoftmax()([base[4000:], layer(x[4000:])])).argmax(1)
+    assert np.mean(base[4000:].argmax(1) == y[4000:]) < 0.55 < 0.85 < np.mean(corrected == y[4000:])
+    with pytest.raises(ValueError, match="base_logits must be"):
+        train_residual_forest(x, y, 4, base_logits=base[:10])
+    with pytest.raises(ValueError, match="validation_data must be"):
+        train_residual_forest(x, y, 4, base_logits=base, validation_data=(x, y), num_trees=1, max_depth=2)
+
+
+@agnostic
+def test_residual_forest_head_uses_the_fcn_scores():
+    import zoo
+    from zoo.architectures.fcn import forest_head, hypercolumn
+
+    fcn = zoo.load("fcn32s", classes=3, backbone="mobilenet_v2", alpha=0.35)
+    images = np.random.default_rng(0).uniform(0, 255, (1, 64, 96, 3)).astype(np.float32)
+    features = np.asarray(hypercolumn(fcn, scores=True)(images))
+    rows = features.reshape(-1, features.shape[-1])
+    labels = np.arange(len(rows)) % 3
+    zero = ForestLayer.from_compiled(grow_random_forest(rows, labels, 3, num_trees=2, max_depth=3, smoothing=None),
+                                     mode="log_sum")
+    # Zero leaves: the residual head is FCN-32s's softmax (its score layer starts at zero: uniform).
+    np.testing.assert_allclose(np.asarray(forest_head(fcn, zero, residual=True)(images)), 1 / 3, atol=1e-6)

@@ -10,10 +10,13 @@ FCN-16s from FCN-32s and FCN-8s from FCN-16s the same way). From those weights:
    score layers added, everything fine-tuned end to end until validation mean IoU stops
    improving (Adam, 10x lower rate than from scratch).
 2. **Residual forest**: the FCN-32s backbone frozen; its hypercolumn at stride 8 (the maps
-   FCN-8s scores: strides 8, 16 and 32) is computed once for the training frames; a
-   randomised forest grows on it and its leaves are trained jointly with SGD
-   (:func:`hybrid_keras.forest.train_residual_forest`), early-stopped on validation loss.
-   The ablation "forest, leaves not trained" is the same trees with their grown leaves.
+   FCN-8s scores: strides 8, 16 and 32) and FCN-32s's class scores are computed once for
+   class-balanced cells of the training frames; a randomised forest grows on them and its
+   leaves are trained jointly with SGD (:func:`hybrid_keras.forest.train_residual_forest`),
+   early-stopped on validation loss. "Correcting FCN-32s" is the same forest whose
+   log-likelihoods are added to FCN-32s's scores (leaves start at zero), as FCN-8s adds
+   finer maps' scores. The ablation "forest, leaves not trained" is the first forest's
+   trees with their grown leaves.
 
 Both are scored on the test split with the FCN paper's four metrics (11 classes, void
 ignored) and timed from the same FCN-32s weights: FCN-8s's fine-tuning against the forest's
@@ -97,28 +100,43 @@ def fcn8s_from_fcn32s(fcn32s, args, data):
                    "best_val_mean_iou": float(max(history.history["val_mean_iou"]))}
 
 
-def residual_forest(fcn32s, args, data):
-    """The forest head on the frozen FCN-32s hypercolumn; returns the segmenter, its leaves-untrained
-    ablation and the timings (feature extraction counted in)."""
+def forest_heads(fcn32s, args, data):
+    """Forest heads on the frozen FCN-32s: ``{title: (segmenter, timing and settings)}``.
+
+    The trees read the hypercolumn at stride 8 with FCN-32s's own class scores appended
+    (FCN-8s starts from those scores too), sampled at ``--cells-per-image`` class-balanced
+    cells of each frame. The timing counts feature extraction (train and validation frames),
+    growth and leaf training.
+    """
     from hybrid_keras.forest import ForestLayer, extract_pixel_features
     from hybrid_keras.forest.residual import grow_random_forest, train_residual_forest
     from zoo.architectures.fcn import forest_head, hypercolumn
 
-    features = hypercolumn(fcn32s)
-    cells = int(np.ceil(data["train"][0].shape[1] / 8) * np.ceil(data["train"][0].shape[2] / 8))
-    options = dict(num_trees=args.trees, max_depth=args.depth, candidates=args.candidates)
-    with Timer() as timer:
-        # Every labelled cell of every frame: at stride 8 a 192x256 frame has 768.
-        train_x, train_y = extract_pixel_features(features, data["train"], pixels_per_image=cells,
-                                                  class_balanced=False, ignore_label=VOID, verbose=0)
-        val_x, val_y = extract_pixel_features(features, data["validation"], pixels_per_image=cells,
-                                              class_balanced=False, ignore_label=VOID, verbose=0)
-        forest, info = train_residual_forest(train_x, train_y, CLASSES, validation_data=(val_x, val_y),
-                                             epochs=args.forest_epochs, seed=args.seed, **options)
-    grown = ForestLayer.from_compiled(grow_random_forest(train_x, train_y, CLASSES, seed=args.seed, **options),
-                                      mode="log_sum", name="grown_forest")
-    entry = {**timer.as_dict(), **info, "training_cells": int(len(train_y)), "features": int(train_x.shape[1])}
-    return forest_head(fcn32s, forest), forest_head(fcn32s, grown), entry
+    features = hypercolumn(fcn32s, scores=True)
+    options = dict(num_trees=args.trees, max_depth=args.depth, candidates=args.candidates,
+                   samples_per_tree=args.samples_per_tree, seed=args.seed)
+    settings = {**options, "cells_per_image": args.cells_per_image, "learning_rate": args.forest_learning_rate}
+    with Timer() as extraction:
+        train_x, train_y, val_x, val_y = (
+            array for split in ("train", "validation")
+            for array in extract_pixel_features(features, data[split], pixels_per_image=args.cells_per_image,
+                                                class_balanced=True, ignore_label=VOID, seed=args.seed, verbose=0))
+    heads = {}
+    for title, residual in (("residual forest", False), ("residual forest correcting FCN-32s", True)):
+        base = {"base_logits": train_x[:, -CLASSES:]} if residual else {}
+        validation = (val_x, val_y, val_x[:, -CLASSES:]) if residual else (val_x, val_y)
+        with Timer() as training:
+            forest, info = train_residual_forest(train_x, train_y, CLASSES, validation_data=validation,
+                                                 epochs=args.forest_epochs, learning_rate=args.forest_learning_rate,
+                                                 **base, **options)
+        timing = {"training_seconds": extraction.wall + training.wall,
+                  "training_cpu_seconds": extraction.cpu + training.cpu,
+                  "feature_extraction_seconds": extraction.wall}
+        heads[title] = (forest_head(fcn32s, forest, scores=True, residual=residual),
+                        {**timing, **info, **settings, "training_cells": int(len(train_y))})
+    grown = ForestLayer.from_compiled(grow_random_forest(train_x, train_y, CLASSES, **options), mode="log_sum")
+    heads["forest, leaves not trained"] = (forest_head(fcn32s, grown, scores=True), settings)
+    return heads
 
 
 def plot(results, images, masks, predictions, path):
@@ -165,10 +183,13 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--fine-tune-factor", type=float, default=0.1, help="FCN-8s rate = this x --learning-rate")
     parser.add_argument("--class-weights", choices=("none", "median"), default="median")
-    parser.add_argument("--trees", type=int, default=48)
-    parser.add_argument("--depth", type=int, default=12)
-    parser.add_argument("--candidates", type=int, default=32)
+    parser.add_argument("--trees", type=int, default=32)
+    parser.add_argument("--depth", type=int, default=10)
+    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--samples-per-tree", type=int, default=20_000)
+    parser.add_argument("--cells-per-image", type=int, default=300, help="class-balanced training cells per frame")
     parser.add_argument("--forest-epochs", type=int, default=30)
+    parser.add_argument("--forest-learning-rate", type=float, default=0.003, help="chosen on the validation split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--quick", action="store_true", help="a few frames at 64x96, tiny forest: checks the script")
@@ -176,6 +197,7 @@ def main(argv=None):
     height, width = (64, 96) if args.quick else tuple(int(side) for side in args.image_size.split("x"))
     if args.quick:
         args.epochs, args.patience, args.trees, args.depth, args.forest_epochs = 2, 2, 4, 4, 2
+        args.samples_per_tree = 2000
     keras.utils.set_random_seed(args.seed)
     limit = 6 if args.quick else None
     data = {split: camvid(args.data, split, (height, width), limit=limit) for split in ("train", "validation", "test")}
@@ -199,9 +221,8 @@ def main(argv=None):
     score("FCN-32s (start)", fcn32s, {})
     fcn8s, fcn8s_info = fcn8s_from_fcn32s(fcn32s, args, data)
     score("FCN-8s softmax", fcn8s, fcn8s_info)
-    segmenter, grown, forest_info = residual_forest(fcn32s, args, data)
-    score("residual forest", segmenter, forest_info)
-    score("forest, leaves not trained", grown, {})
+    for title, (segmenter, info) in forest_heads(fcn32s, args, data).items():
+        score(title, segmenter, info)
 
     forest, softmax = results["heads"]["residual forest"], results["heads"]["FCN-8s softmax"]
     results["forest_against_fcn8s"] = {

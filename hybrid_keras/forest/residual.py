@@ -32,6 +32,23 @@ from hybrid_keras.forest.compile import CompiledForest
 from hybrid_keras.forest.layer import ForestLayer
 
 
+@keras.saving.register_keras_serializable(package="hybrid_keras")
+class ResidualSoftmax(keras.layers.Layer):
+    """``softmax(base_logits + log(forest_probabilities))``: a forest's log-likelihoods as a
+    correction to another solver's scores (a log_sum forest's probabilities are the softmax of
+    its summed leaves, so this is ``softmax(base + sum of leaves)``). Inputs ``[base_logits,
+    forest_probabilities]`` of the same shape ``[..., classes]``."""
+
+    def call(self, inputs):
+        base, probabilities = inputs
+        # The floor only keeps log() finite; a probability that small is 69 nats from the rest.
+        log_likelihoods = keras.ops.log(keras.ops.maximum(probabilities, 1e-30))
+        return keras.ops.softmax(keras.ops.cast(base, log_likelihoods.dtype) + log_likelihoods, axis=-1)
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[1]
+
+
 def class_balanced_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Per-sample weights that give every present class the same total weight (mean weight 1)."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
@@ -60,7 +77,7 @@ def _check(features, labels, num_classes):
 
 def grow_random_forest(features, labels, num_classes: int, *, num_trees: int = 32, max_depth: int = 10,
                        candidates: int = 16, min_samples_leaf: int = 5, samples_per_tree: int | None = None,
-                       smoothing: float = 1.0, seed: int = 0, feature_names=None) -> CompiledForest:
+                       smoothing: float | None = 1.0, seed: int = 0, feature_names=None) -> CompiledForest:
     """Grow ``num_trees`` randomised trees on ``features`` [N, F] / ``labels`` [N] (log_sum leaves).
 
     Each tree sees a bootstrap of ``samples_per_tree`` rows (default N) weighted so every
@@ -68,7 +85,8 @@ def grow_random_forest(features, labels, num_classes: int, *, num_trees: int = 3
     value of a random row of the node as threshold, and keeps the lowest weighted Gini
     impurity. A node stops at ``max_depth``, when pure, or when no candidate leaves
     ``min_samples_leaf`` rows on both sides. Leaves hold ``log`` of the class-balanced
-    histogram (``smoothing`` added to each class) divided by ``num_trees``.
+    histogram (``smoothing`` added to each class) divided by ``num_trees``, or zeros with
+    ``smoothing=None`` (for a forest that starts as no correction to a base solver's scores).
     """
     features, labels = _check(features, labels, num_classes)
     if num_trees < 1 or max_depth < 1 or candidates < 1 or min_samples_leaf < 1:
@@ -96,8 +114,9 @@ def grow_random_forest(features, labels, num_classes: int, *, num_trees: int = 3
         positive[base + splits] = base + 2 * splits + 2
         histogram = np.bincount(leaf_of_row * num_classes + labels[rows], weights=weights[rows],
                                 minlength=nodes_per_tree * num_classes).reshape(nodes_per_tree, num_classes)
-        histogram += smoothing
-        leaf_values[tree_slice] = np.log(histogram / histogram.sum(1, keepdims=True)) / num_trees
+        if smoothing is not None:
+            histogram += smoothing
+            leaf_values[tree_slice] = np.log(histogram / histogram.sum(1, keepdims=True)) / num_trees
     names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(num_features)]
     if len(names) != num_features:
         raise ValueError(f"feature_names has {len(names)} names for {num_features} features")
@@ -152,47 +171,70 @@ def _grow_tree(x, y, w, num_classes, max_depth, candidates, min_samples_leaf, rn
     return np.concatenate(internal) if internal else np.zeros(0, np.int64), node
 
 
-def fit_leaves(layer: ForestLayer, features, labels, *, sample_weight=None, validation_data=None, epochs: int = 20,
-               batch_size: int = 2048, learning_rate: float = 0.01, patience: int = 3, verbose: int = 0):
+def fit_leaves(layer: ForestLayer, features, labels, *, base_logits=None, sample_weight=None, validation_data=None,
+               epochs: int = 20, batch_size: int = 2048, learning_rate: float = 0.01, patience: int = 3,
+               verbose: int = 0):
     """Train all leaves of a ``log_sum`` ForestLayer jointly (Adam on the cross-entropy of the summed
-    log-likelihoods); the splits stay fixed. With ``validation_data=(features, labels)`` the
-    leaves of the epoch with the lowest validation loss are kept. Returns the Keras history."""
+    log-likelihoods); the splits stay fixed.
+
+    ``base_logits`` [N, classes]: another solver's scores the forest corrects
+    (:class:`ResidualSoftmax`). ``validation_data``: ``(features, labels)``, or
+    ``(features, labels, base_logits)`` with a base; the leaves of the epoch with the lowest
+    validation loss are kept. Returns the Keras history.
+    """
     if layer.mode != "log_sum":
         raise ValueError(f"only a log_sum forest has trainable leaves. Received: mode={layer.mode!r}")
     inputs = keras.Input((layer.num_features,), name="features")
-    model = keras.Model(inputs, layer(inputs), name="forest_leaves")
+    outputs = layer(inputs)
+    x = np.asarray(features, np.float32)
+    if base_logits is not None:
+        base = keras.Input((layer.output_width,), name="base_logits")
+        outputs = ResidualSoftmax()([base, outputs])
+        inputs, x = [inputs, base], [x, np.asarray(base_logits, np.float32)]
+    model = keras.Model(inputs, outputs, name="forest_leaves")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
                   weighted_metrics=[])
     callbacks = []
     if validation_data is not None:
+        if (len(validation_data) == 3) != (base_logits is not None):
+            raise ValueError("validation_data must be (features, labels, base_logits) with base_logits, "
+                             "(features, labels) without")
+        val_x = validation_data[0] if base_logits is None else [validation_data[0], validation_data[2]]
+        validation_data = (val_x, validation_data[1])
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                                        restore_best_weights=True))
-    return model.fit(np.asarray(features, np.float32), np.asarray(labels), sample_weight=sample_weight,
-                     validation_data=validation_data, epochs=epochs, batch_size=batch_size, shuffle=True,
-                     callbacks=callbacks, verbose=verbose)
+    return model.fit(x, np.asarray(labels), sample_weight=sample_weight, validation_data=validation_data,
+                     epochs=epochs, batch_size=batch_size, shuffle=True, callbacks=callbacks, verbose=verbose)
 
 
-def train_residual_forest(features, labels, num_classes: int, *, validation_data=None, num_trees: int = 32,
-                          max_depth: int = 10, candidates: int = 16, min_samples_leaf: int = 5,
+def train_residual_forest(features, labels, num_classes: int, *, base_logits=None, validation_data=None,
+                          num_trees: int = 32, max_depth: int = 10, candidates: int = 16, min_samples_leaf: int = 5,
                           samples_per_tree: int | None = None, epochs: int = 20, batch_size: int = 2048,
                           learning_rate: float = 0.01, seed: int = 0, feature_names=None, verbose: int = 0):
     """Grow a randomised forest, then train its leaves jointly; both class-balanced.
 
     ``features`` [N, F], ``labels`` [N] in ``[0, num_classes)`` (leave ignored pixels out).
-    Returns ``(ForestLayer, info)``: a ``log_sum`` layer of class probabilities, and a dict
-    with ``grow_seconds``, ``fit_seconds`` and the epochs run.
+    ``base_logits`` [N, num_classes]: scores of another solver (an FCN's) that the forest
+    corrects; its leaves then start at zero, so training starts from that solver's
+    predictions. ``validation_data``: see :func:`fit_leaves`.
+    Returns ``(ForestLayer, info)``: a ``log_sum`` layer of class probabilities (combine it
+    with the base through :class:`ResidualSoftmax`), and a dict with ``grow_seconds``,
+    ``fit_seconds`` and the epochs run.
     """
     features, labels = _check(features, labels, num_classes)
+    if base_logits is not None and np.shape(base_logits) != (len(labels), num_classes):
+        raise ValueError(f"base_logits must be [N, {num_classes}]. Received: {np.shape(base_logits)}")
     start = time.perf_counter()
     forest = grow_random_forest(features, labels, num_classes, num_trees=num_trees, max_depth=max_depth,
                                 candidates=candidates, min_samples_leaf=min_samples_leaf,
-                                samples_per_tree=samples_per_tree, seed=seed, feature_names=feature_names)
+                                samples_per_tree=samples_per_tree, seed=seed, feature_names=feature_names,
+                                smoothing=None if base_logits is not None else 1.0)
     layer = ForestLayer.from_compiled(forest, mode="log_sum", name="residual_forest")
     grown = time.perf_counter()
     keras.utils.set_random_seed(seed)
-    history = fit_leaves(layer, features, labels, sample_weight=class_balanced_weights(labels, num_classes),
-                         validation_data=validation_data, epochs=epochs, batch_size=batch_size,
-                         learning_rate=learning_rate, verbose=verbose)
+    history = fit_leaves(layer, features, labels, base_logits=base_logits,
+                         sample_weight=class_balanced_weights(labels, num_classes), validation_data=validation_data,
+                         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, verbose=verbose)
     info = {"grow_seconds": grown - start, "fit_seconds": time.perf_counter() - grown,
             "epochs_run": len(history.history["loss"]), "num_trees": num_trees, "max_depth": max_depth,
             "candidates": candidates}

@@ -250,50 +250,93 @@ def backbone_of(model) -> str:
     raise ValueError(f"{model.name!r} holds no backbone of {sorted(set(BACKBONES))} (an FCN from zoo.load is needed)")
 
 
-def hypercolumn(model, *, stride: int = 8, name: str | None = None):
-    """A feature model of an FCN's backbone: raw images -> ``[B, ceil(H/stride), ceil(W/stride), F]``.
+# Each FCN's own class scores at its finest stride (FCN-8s, FCN-16s, FCN-32s).
+_SCORE_MAPS = (("fuse_stride8", 8), ("fuse_stride16", 16), ("score_stride32", 32))
 
-    The backbone's maps at ``stride`` and every coarser tap (8, 16, 32) are stacked per cell:
-    the coarser ones upsampled bilinearly onto the finer grid (a replicated border cell, then
-    a crop that puts each value over its own pixels). These are the features FCN-8s scores
-    linearly; a per-pixel solver such as a forest (:func:`forest_head`) reads them all.
-    Takes any image size the FCN takes.
-    """
+
+def _onto_grid(x, reference, *, factor: int, offset: int, name: str):
+    """A coarse map bilinearly upsampled onto the finer map ``reference``'s grid: one replicated
+    cell around it (so borders interpolate between real values and the crop always fits),
+    ``factor``x upsampling, then a crop from ``offset`` that puts each value over its pixels."""
+    if factor == 1:
+        return x
+    x = hk_layers.ReplicatePadding(((1, 1), (1, 1)), name=f"{name}_pad")(x)
+    x = layers.UpSampling2D(factor, interpolation="bilinear", name=f"{name}_up")(x)
+    return hk_layers.CropToReference(offset, name=name)([x, reference])
+
+
+def _grid_offset(centre_coarse: float, centre_fine: float, factor: int, fine_stride: int) -> int:
+    # Upsampled row u (after the padding cell) samples coarse row (u + 1/2) / factor - 3/2,
+    # centred on pixel fine_stride (u + 1/2 - 3 factor / 2) + centre_coarse; solve for the
+    # u over fine row 0 (centred on centre_fine) and round.
+    return math.floor((centre_fine - centre_coarse) / fine_stride + 1.5 * factor)
+
+
+def _hypercolumn_tensors(model, stride: int, scores: bool):
     spec = BACKBONES[backbone_of(model)]
     if stride not in spec.taps:
         raise ValueError(f"stride must be one of {sorted(spec.taps)}. Received: stride={stride!r}")
     reference = model.get_layer(spec.taps[stride]).output
-    columns = [reference]
-    for coarse in sorted(s for s in spec.taps if s > stride):
-        factor = coarse // stride
-        offset = math.floor((spec.centre(model, stride) - spec.centre(model, coarse)) / stride + 1.5 * factor)
-        x = hk_layers.ReplicatePadding(((1, 1), (1, 1)), name=f"stride{coarse}_pad")(model.get_layer(spec.taps[coarse]).output)
-        x = layers.UpSampling2D(factor, interpolation="bilinear", name=f"stride{coarse}_up")(x)
-        columns.append(hk_layers.CropToReference(offset, name=f"stride{coarse}_to_stride{stride}")([x, reference]))
-    features = layers.Concatenate(name="hypercolumn")(columns)
-    import keras
 
-    return keras.Model(model.input, features, name=name or f"{model.name}_hypercolumn")
+    def onto_grid(x, coarse, name):
+        offset = _grid_offset(spec.centre(model, coarse), spec.centre(model, stride), coarse // stride, stride)
+        return _onto_grid(x, reference, factor=coarse // stride, offset=offset, name=name)
+
+    columns = [reference] + [onto_grid(model.get_layer(spec.taps[coarse]).output, coarse,
+                                       f"stride{coarse}_to_stride{stride}")
+                             for coarse in sorted(s for s in spec.taps if s > stride)]
+    class_scores = None
+    if scores:
+        names = {layer.name for layer in model.layers}
+        layer_name, score_stride = next(entry for entry in _SCORE_MAPS if entry[0] in names)
+        if score_stride < stride:
+            raise ValueError(f"{model.name!r} scores at stride {score_stride}, finer than stride={stride}")
+        class_scores = onto_grid(model.get_layer(layer_name).output, score_stride, f"scores_to_stride{stride}")
+    return layers.Concatenate(name="hypercolumn")(columns + [class_scores] * scores), class_scores
 
 
-def forest_head(model, forest, *, stride: int = 8, name: str | None = None):
-    """An FCN's backbone with a per-pixel forest instead of its score layers: raw images -> class
-    probabilities ``[B, H, W, classes]`` (output layer "probabilities").
+def hypercolumn(model, *, stride: int = 8, scores: bool = False, name: str | None = None):
+    """A feature model of an FCN's backbone: raw images -> ``[B, h, w, F]`` on the grid of its stride-``stride`` map.
 
-    ``forest``: a classification :class:`hybrid_keras.forest.ForestLayer` trained on
-    :func:`hypercolumn` features at the same ``stride`` (e.g. by
-    :func:`hybrid_keras.forest.train_residual_forest`). Its probabilities are brought to the
-    image by the same fixed bilinear upsampling as FCN-8s's last step, which keeps each
-    pixel's a distribution. Any image size the FCN takes; exports like the FCN.
+    The backbone's maps at ``stride`` and every coarser tap (8, 16, 32) are stacked per cell,
+    the coarser ones upsampled bilinearly onto the finer grid. These are the maps FCN-8s
+    scores linearly; a per-pixel solver such as a forest (:func:`forest_head`) reads them
+    all. ``scores=True`` appends the FCN's own class scores (its finest fused map) as the
+    last ``classes`` channels. Takes any image size the FCN takes.
     """
     import keras
 
-    features = hypercolumn(model, stride=stride)
-    if forest.num_features != features.output.shape[-1]:
+    features, _ = _hypercolumn_tensors(model, stride, scores)
+    return keras.Model(model.input, features, name=name or f"{model.name}_hypercolumn")
+
+
+def forest_head(model, forest, *, stride: int = 8, scores: bool = False, residual: bool = False,
+                name: str | None = None):
+    """An FCN's backbone with a per-pixel forest as its solver: raw images -> class probabilities
+    ``[B, H, W, classes]`` (output layer "probabilities").
+
+    ``forest``: a classification :class:`hybrid_keras.forest.ForestLayer` trained on
+    ``hypercolumn(model, stride=stride, scores=scores or residual)`` features, e.g. by
+    :func:`hybrid_keras.forest.train_residual_forest`. ``residual=True``: the forest corrects
+    the FCN's own scores (probabilities ``softmax(scores + forest log-likelihoods)``, see
+    :class:`hybrid_keras.forest.ResidualSoftmax`), as FCN-8s corrects FCN-32s's with finer
+    maps; otherwise the forest alone decides. The probabilities are brought to the image by
+    the same fixed bilinear upsampling as FCN-8s's last step, which keeps each pixel's a
+    distribution. Any image size the FCN takes; exports like the FCN.
+    """
+    import keras
+
+    from hybrid_keras.forest.residual import ResidualSoftmax
+
+    features, class_scores = _hypercolumn_tensors(model, stride, scores or residual)
+    if forest.num_features != features.shape[-1]:
         raise ValueError(f"the forest reads {forest.num_features} features but the hypercolumn has "
-                         f"{features.output.shape[-1]}; train it on hypercolumn(model, stride={stride}) features")
+                         f"{features.shape[-1]}; train it on hypercolumn(model, stride={stride}, "
+                         f"scores={scores or residual}) features")
+    probabilities = forest(features)
+    if residual:
+        probabilities = ResidualSoftmax(name="residual_softmax")([class_scores, probabilities])
     spec = BACKBONES[backbone_of(model)]
-    probabilities = forest(features.output)
     probabilities = _upsample(probabilities, model.input, factor=stride,
                               offset=crop_offset(spec.centre(model, stride), 0.0, stride, 1),
                               classes=forest.output_width, trainable=False, name="forest_up_to_image",
