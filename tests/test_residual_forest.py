@@ -17,6 +17,10 @@ from hybrid_keras.forest.residual import (
 agnostic = pytest.mark.backend_agnostic
 
 
+def _np(x):
+    return keras.ops.convert_to_numpy(x)  # detaches PyTorch tensors of trainable leaves
+
+
 def _numpy_forest(forest, rows):
     """softmax(sum over trees of the reached leaf's values), walking the CompiledForest arrays."""
     total = np.zeros((len(rows), forest.leaf_values.shape[1]))
@@ -42,7 +46,7 @@ def test_layer_equals_a_numpy_walk_of_the_trees():
     x, y = _blobs()
     forest = grow_random_forest(x, y, 4, num_trees=5, max_depth=6, seed=3)
     layer = ForestLayer.from_compiled(forest, mode="log_sum")
-    np.testing.assert_allclose(np.asarray(layer(x[:200])), _numpy_forest(forest, x[:200]), atol=1e-5)
+    np.testing.assert_allclose(_np(layer(x[:200])), _numpy_forest(forest, x[:200]), atol=1e-5)
 
 
 @agnostic
@@ -66,7 +70,7 @@ def test_no_split_allowed_gives_the_balanced_prior():
     x, y = _blobs(400)
     forest = grow_random_forest(x, y, 4, num_trees=3, max_depth=4, min_samples_leaf=400)
     assert np.all(forest.positive == np.arange(len(forest.positive)))  # every root is a leaf
-    probabilities = np.asarray(ForestLayer.from_compiled(forest, mode="log_sum")(x[:5]))
+    probabilities = _np(ForestLayer.from_compiled(forest, mode="log_sum")(x[:5]))
     np.testing.assert_allclose(probabilities, 0.25, atol=0.02)  # classes weigh the same
 
 
@@ -86,11 +90,11 @@ def test_joint_leaf_training_beats_the_grown_leaves():
     trained, info = train_residual_forest(train_x, train_y, 4, validation_data=(val_x, val_y), epochs=15, **options)
 
     def loss(layer):
-        p = np.asarray(layer(val_x))
+        p = _np(layer(val_x))
         return -np.mean(np.log(p[np.arange(len(val_y)), val_y]))
 
     assert loss(trained) < 0.9 * loss(grown)
-    assert np.mean(np.asarray(trained(val_x)).argmax(1) == val_y) > 0.85
+    assert np.mean(_np(trained(val_x)).argmax(1) == val_y) > 0.85
     assert info["epochs_run"] >= 1 and info["grow_seconds"] >= 0
 
 
@@ -119,13 +123,13 @@ def test_hypercolumn_and_forest_head_on_odd_sizes(size):
 
     fcn = zoo.load("fcn8s", classes=3, backbone="mobilenet_v2", alpha=0.35)
     images = np.random.default_rng(0).uniform(0, 255, (2, *size, 3)).astype(np.float32)
-    features = np.asarray(hypercolumn(fcn)(images))
+    features = _np(hypercolumn(fcn)(images))
     stride8 = keras.Model(fcn.input, fcn.get_layer("block_5_add").output)(images)
     assert features.shape[:3] == tuple(stride8.shape[:3])  # on the stride-8 map's grid, whatever its rounding
     rows = features.reshape(-1, features.shape[-1])
     labels = np.arange(len(rows)) % 3
     forest = ForestLayer.from_compiled(grow_random_forest(rows, labels, 3, num_trees=2, max_depth=3), mode="log_sum")
-    probabilities = np.asarray(forest_head(fcn, forest)(images))
+    probabilities = _np(forest_head(fcn, forest)(images))
     assert probabilities.shape == (2, *size, 3)
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="hypercolumn"):
@@ -143,7 +147,7 @@ def test_residual_softmax_adds_the_summed_leaves_to_the_base():
     base = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
     leaves = np.log(_numpy_forest(forest, x[:50]))  # the summed leaves, up to a constant per row
     expected = np.exp(base + leaves) / np.exp(base + leaves).sum(1, keepdims=True)
-    np.testing.assert_allclose(np.asarray(ResidualSoftmax()([base, layer(x[:50])])), expected, atol=1e-5)
+    np.testing.assert_allclose(_np(ResidualSoftmax()([base, layer(x[:50])])), expected, atol=1e-5)
 
 
 @agnostic
@@ -158,7 +162,7 @@ def test_correcting_a_base_starts_from_it_and_improves_on_it():
                                      validation_data=(x[4000:], y[4000:], base[4000:]), num_trees=16, max_depth=6)
     from hybrid_keras.forest.residual import ResidualSoftmax
 
-    corrected = np.asarray(ResidualSoftmax()([base[4000:], layer(x[4000:])])).argmax(1)
+    corrected = _np(ResidualSoftmax()([base[4000:], layer(x[4000:])])).argmax(1)
     assert np.mean(base[4000:].argmax(1) == y[4000:]) < 0.55 < 0.85 < np.mean(corrected == y[4000:])
     with pytest.raises(ValueError, match="base_logits must be"):
         train_residual_forest(x, y, 4, base_logits=base[:10])
@@ -173,10 +177,10 @@ def test_residual_forest_head_uses_the_fcn_scores():
 
     fcn = zoo.load("fcn32s", classes=3, backbone="mobilenet_v2", alpha=0.35)
     images = np.random.default_rng(0).uniform(0, 255, (1, 64, 96, 3)).astype(np.float32)
-    features = np.asarray(hypercolumn(fcn, scores=True)(images))
+    features = _np(hypercolumn(fcn, scores=True)(images))
     rows = features.reshape(-1, features.shape[-1])
     labels = np.arange(len(rows)) % 3
     zero = ForestLayer.from_compiled(grow_random_forest(rows, labels, 3, num_trees=2, max_depth=3, smoothing=None),
                                      mode="log_sum")
     # Zero leaves: the residual head is FCN-32s's softmax (its score layer starts at zero: uniform).
-    np.testing.assert_allclose(np.asarray(forest_head(fcn, zero, residual=True)(images)), 1 / 3, atol=1e-6)
+    np.testing.assert_allclose(_np(forest_head(fcn, zero, residual=True)(images)), 1 / 3, atol=1e-6)

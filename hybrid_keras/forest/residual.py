@@ -14,6 +14,9 @@ apart from a random forest compiled with ``ForestLayer(mode="log_sum")``:
   unexplained (the "residual"), instead of each measuring its own distribution.
 - Leaves start at the trees' smoothed log histograms divided by the number of trees (the
   geometric mean of the trees' distributions), so SGD starts from a sound ensemble.
+- Or the forest corrects another solver: with ``base_logits`` (an FCN's class scores) the
+  probabilities are ``softmax(base + sum of leaves)`` (:class:`ResidualSoftmax`), leaves
+  start at zero, and SGD learns only what the base gets wrong.
 
 The forest becomes a plain :class:`~hybrid_keras.forest.ForestLayer` (``mode="log_sum"``,
 trainable leaves), so it runs under every Keras backend and exports with no custom op.
