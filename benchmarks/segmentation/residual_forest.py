@@ -231,7 +231,7 @@ def main(argv=None):
         "training_cpu_time_fraction": forest["training_cpu_seconds"] / softmax["training_cpu_seconds"],
     }
     results_dir = QUICK_RESULTS_DIR if args.quick else RESULTS_DIR
-    stem = f"residual_forest_{keras.backend.backend()}_{height}x{width}"
+    stem = f"residual_forest_{keras.backend.backend()}_{height}x{width}" + (f"_seed{args.seed}" if args.seed else "")
     write_json(results_dir / f"{stem}.json", results)
     plot(results, test_images, test_masks, predictions, results_dir / f"{stem}.png")
     print(json.dumps(results["forest_against_fcn8s"]))
