@@ -284,3 +284,25 @@ def test_export_serves_the_crf_model(tmp_path):
     model = zoo.load("fcn8s", classes=3, crf={"iterations": 2}, input_shape=(64, 80, 3), **SMALL_MOBILENET)
     path = hk.export_saved_model(model, tmp_path / "fcn_crf" / "1")
     assert (path / "saved_model.pb").exists()
+
+
+@agnostic
+@pytest.mark.parametrize("factor", [2, 4])
+def test_hypercolumn_upsampling_puts_values_over_their_pixels(factor):
+    """A coarse map brought onto the stride-8 grid (VGG centres: a stride-s cell over pixels
+    [s i, s (i + 1)), centred at s i + (s - 1) / 2) equals linear interpolation at each fine
+    cell's centre, clamped at the borders."""
+    from zoo.architectures.fcn import _grid_offset, _onto_grid, _pooling_centre
+
+    fine_stride, coarse_stride, rows = 8, 8 * factor, 4
+    coarse_values = np.array([3.0, -1.0, 4.0, 10.0], "float32")
+    coarse = np.broadcast_to(coarse_values[None, :, None, None], (1, rows, 3, 1))
+    reference = np.zeros((1, rows * factor, 3 * factor, 1), "float32")
+    offset = _grid_offset(_pooling_centre(None, coarse_stride), _pooling_centre(None, fine_stride), factor, fine_stride)
+    coarse_in, reference_in = keras.Input((None, None, 1)), keras.Input((None, None, 1))
+    model = keras.Model([coarse_in, reference_in], _onto_grid(coarse_in, reference_in, factor=factor, offset=offset,
+                                                               name="onto_grid"))
+    out = _numpy(model([coarse, reference]))[0, :, 0, 0]
+    fine_centres = fine_stride * np.arange(rows * factor) + (fine_stride - 1) / 2
+    at = (fine_centres - (coarse_stride - 1) / 2) / coarse_stride  # in coarse cells
+    np.testing.assert_allclose(out, np.interp(at, np.arange(rows), coarse_values), atol=1e-5)

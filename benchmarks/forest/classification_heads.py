@@ -11,7 +11,7 @@ Sets, read through the TFDS builders of ``hybrid_keras.datasets``: MNIST (the 10
 in the data dir, 8,000 train / 2,000 test by index) and CIFAR-10 JPEG (1,000 images, 70 % /
 30 % per class).
 
-    ./dev.sh bench benchmarks/segmentation_forest/classification.py [--data ../shared/data] [--quick]
+    ./dev.sh bench benchmarks/forest/classification_heads.py [--data ../shared/data] [--quick]
 """
 
 from __future__ import annotations
