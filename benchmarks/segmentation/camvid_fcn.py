@@ -119,31 +119,37 @@ def with_crf(model, name, args, height):
     return refined
 
 
+def draw_overlays(axes_rows, images, masks, predictions):
+    """Rows of axes: the image, its ground truth and each model's class map, in CamVid's colours."""
+    from hybrid_keras.datasets.camvid import PALETTE
+
+    palette = np.asarray(PALETTE, np.uint8)  # void (11) is black
+    columns = [("image", None), ("ground truth", masks)] + list(predictions.items())
+    for row, axes in enumerate(axes_rows):
+        for axis, (title, maps) in zip(axes, columns):
+            axis.imshow(images[row] if maps is None else palette[maps[row]])
+            axis.axis("off")
+            if row == 0:
+                axis.set_title(title, fontsize=8)
+
+
 def overlays(images, masks, predictions, path, count=3):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    palette = np.array(plt.get_cmap("tab20").colors[:CLASSES] + ((0.0, 0.0, 0.0),))
-    columns = [("image", None), ("ground truth", masks)] + list(predictions.items())
-    fig, axes = plt.subplots(count, len(columns), figsize=(2.6 * len(columns), 2.1 * count), squeeze=False)
-    for row in range(count):
-        for axis, (title, maps) in zip(axes[row], columns):
-            axis.imshow(images[row] if maps is None else palette[maps[row]])
-            axis.axis("off")
-            if row == 0:
-                axis.set_title(title, fontsize=8)
+    width = 2 + len(predictions)
+    fig, axes = plt.subplots(count, width, figsize=(2.6 * width, 2.1 * count), squeeze=False)
+    draw_overlays(axes, images, masks, predictions)
     return save_figure(fig, path)
 
 
-def main(argv=None):
-    import keras
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def training_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every CamVid FCN script shares: data, size, backbone and the FCN schedule."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--image-size", default="192x256", help="HEIGHTxWIDTH (CamVid is 360x480)")
-    parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--backbone", default="mobilenet_v2")
     parser.add_argument("--alpha", type=float, default=0.5, help="MobileNetV2 width")
     parser.add_argument("--backbone-weights", default=None, help="a weight tag or local file of the backbone")
@@ -152,8 +158,16 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--class-weights", choices=("none", "median"), default="median")
-    parser.add_argument("--no-crf", action="store_true")
     parser.add_argument("--verbose", action="store_true")
+    return parser
+
+
+def main(argv=None):
+    import keras
+
+    parser = training_arguments(__doc__.split("\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--no-crf", action="store_true")
     parser.add_argument("--quick", action="store_true", help="a few frames, 2 epochs, 64x96: checks the script")
     args = parser.parse_args(argv)
     height, width = (64, 96) if args.quick else tuple(int(side) for side in args.image_size.split("x"))

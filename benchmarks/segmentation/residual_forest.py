@@ -28,7 +28,6 @@ feature extraction, growth and leaf training (wall clock and process CPU seconds
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -38,9 +37,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import numpy as np  # noqa: E402
-
-from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, machine, save_figure, write_json  # noqa: E402
+from benchmarks.common import RESULTS_DIR, machine, save_figure, write_json  # noqa: E402
 from benchmarks.segmentation import camvid_fcn  # noqa: E402
 from benchmarks.segmentation.camvid_fcn import CLASSES, QUICK_RESULTS_DIR, VOID  # noqa: E402
 from benchmarks.segmentation.data import camvid  # noqa: E402
@@ -146,43 +143,27 @@ def plot(results, images, masks, predictions, path):
     import matplotlib.pyplot as plt
 
     heads = list(results["heads"])
-    palette = np.array(plt.get_cmap("tab20").colors[:CLASSES] + ((0.0, 0.0, 0.0),))
-    columns = [("image", None), ("ground truth", masks)] + list(predictions.items())
-    fig = plt.figure(figsize=(2.6 * len(columns), 2.0 * 3 + 3.2))
-    grid = fig.add_gridspec(4, len(columns), height_ratios=[1.6, 1, 1, 1])
-    score_axis = fig.add_subplot(grid[0, : len(columns) // 2])
-    time_axis = fig.add_subplot(grid[0, len(columns) // 2:])
+    width = 2 + len(predictions)
+    fig = plt.figure(figsize=(2.6 * width, 2.0 * 3 + 3.2))
+    grid = fig.add_gridspec(4, width, height_ratios=[1.6, 1, 1, 1])
+    score_axis = fig.add_subplot(grid[0, : width // 2])
+    time_axis = fig.add_subplot(grid[0, width // 2:])
     score_axis.bar(heads, [results["heads"][h]["test"]["mean_iou"] for h in heads], color="tab:blue")
     score_axis.set_ylabel("test mean IoU")
     time_axis.bar(heads, [results["heads"][h].get("training_seconds", 0.0) for h in heads], color="tab:orange")
     time_axis.set_ylabel("training seconds (from FCN-32s)")
     for axis in (score_axis, time_axis):
         axis.tick_params(axis="x", labelsize=7, rotation=15)
-    for row in range(3):
-        for column, (title, maps) in enumerate(columns):
-            axis = fig.add_subplot(grid[row + 1, column])
-            axis.imshow(images[row] if maps is None else palette[maps[row]])
-            axis.axis("off")
-            if row == 0:
-                axis.set_title(title, fontsize=8)
+    camvid_fcn.draw_overlays([[fig.add_subplot(grid[row + 1, column]) for column in range(width)]
+                              for row in range(3)], images, masks, predictions)
     return save_figure(fig, path)
 
 
 def main(argv=None):
     import keras
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--image-size", default="192x256", help="HEIGHTxWIDTH (CamVid is 360x480)")
-    parser.add_argument("--backbone", default="mobilenet_v2")
-    parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument("--backbone-weights", default=None)
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--patience", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser = camvid_fcn.training_arguments(__doc__.split("\n")[0])
     parser.add_argument("--fine-tune-factor", type=float, default=0.1, help="FCN-8s rate = this x --learning-rate")
-    parser.add_argument("--class-weights", choices=("none", "median"), default="median")
     parser.add_argument("--trees", type=int, default=32)
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--candidates", type=int, default=8)
@@ -191,7 +172,6 @@ def main(argv=None):
     parser.add_argument("--forest-epochs", type=int, default=30)
     parser.add_argument("--forest-learning-rate", type=float, default=0.003, help="chosen on the validation split")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--quick", action="store_true", help="a few frames at 64x96, tiny forest: checks the script")
     args = parser.parse_args(argv)
     height, width = (64, 96) if args.quick else tuple(int(side) for side in args.image_size.split("x"))
