@@ -148,22 +148,35 @@ def segmentation_classes(model) -> int | None:
 
 
 def _ends_in_probabilities(model) -> bool:
-    """Whether a segmentation model's output is already a distribution per pixel: it ends in a
-    softmax, a DenseCRF, or a layer named "probabilities" (a forest head); a layer named
-    "logits" (FCN with ``classifier_activation=None``) gets a softmax. Anything else is refused."""
+    """Whether a segmentation model's output is already a distribution per pixel.
+
+    Yes when the last layer that computes values (looking back through resizing, cropping
+    and padding, which keep a distribution one) is a softmax, a DenseCRF, a classification
+    ForestLayer, or is named "probabilities" (the zoo's forest head); no when it is named
+    "logits" (an FCN with ``classifier_activation=None``), which then gets a softmax.
+    Anything else is refused rather than guessed.
+    """
     import keras
 
-    from hybrid_keras.layers import DenseCRF
+    from hybrid_keras.forest import ForestLayer
+    from hybrid_keras.layers import CropToReference, DenseCRF, ReplicatePadding
 
+    resampling = (keras.layers.Resizing, keras.layers.UpSampling2D, CropToReference, ReplicatePadding)
     layer = model.outputs[0]._keras_history.operation
+    while isinstance(layer, resampling) and layer.name not in ("probabilities", "logits"):
+        source = layer.input[0] if isinstance(layer.input, (list, tuple)) else layer.input
+        layer = source._keras_history.operation
     if isinstance(layer, DenseCRF) or layer.name == "probabilities":
+        return True
+    if isinstance(layer, ForestLayer) and layer.task == "classification":
         return True
     if isinstance(layer, keras.layers.Activation) and getattr(layer.activation, "__name__", "") == "softmax":
         return True
     if layer.name == "logits":
         return False
-    raise ValueError(f"cannot tell whether {model.name!r}'s per-pixel output (layer {layer.name!r}) is probabilities or "
-                     "logits: end the model in a softmax Activation, or name its last layer 'probabilities' or 'logits'")
+    raise ValueError(f"cannot tell whether {model.name!r}'s per-pixel output (from layer {layer.name!r}) is "
+                     "probabilities or logits: end the model in a softmax Activation, or name its last layer "
+                     "'probabilities' or 'logits'")
 
 
 def _segmentation_outputs(outputs, probabilities_given: bool, classes: int):
