@@ -1,25 +1,27 @@
 """New classes by examples: an embedding trained on half the classes, the other half from a few examples.
 
-The talk's transfer experiment on MNIST (the 10k digits shipped with the project, first
-8,000 for training and support examples, last 2,000 for test). Every network is a zoo
-MobileNetV2 (alpha 0.35, random init, raw 32x32 pixels in), trained on digits 0-4 only,
+The talk's transfer experiment, on MNIST (the 10k test digits in the data folder: first
+8,000 for training and support examples, last 2,000 for test) or, harder, CIFAR-10 JPEG
+(1,000 photos: 70 per class for training and support, 30 for test; trained on airplane,
+automobile, bird, cat, deer; new: dog, frog, horse, ship, truck). Every network is a zoo
+MobileNetV2 (alpha 0.35, random init, raw 32x32 pixels in), trained on classes 0-4 only,
 each for the same wall-clock budget (``--seconds``):
 
-1. **softmax**: a 5-class softmax classifier; for the new digits 5-9, a new softmax head is
+1. **softmax**: a 5-class softmax classifier; for the new classes 5-9, a new softmax head is
    trained on its pooled features of the few support examples (the backbone frozen).
 2. **triplet, in-batch**: an embedding (64-d, unit length) trained with
-   ``TripletSemiHardLoss`` on random batches; the new digits are classified by the
+   ``TripletSemiHardLoss`` on random batches; the new classes are classified by the
    Gaussian-kernel ``KNNClassifier`` over the support examples' embeddings.
 3. **triplet, FANNG-mined**: the same, on ``HardNegativeBatches`` re-mined with the FANNG
    index after every epoch (each anchor beside its nearest other-class examples).
 
-Reports accuracy on the test images of the new digits against examples per class (1, 5,
-20; mean and spread over ``--draws`` random support sets), accuracy on the seen digits
+Reports accuracy on the test images of the new classes against examples per class (1, 5,
+20; mean and spread over ``--draws`` random support sets), accuracy on the seen classes
 (kNN over 20 stored examples per class for the embeddings), and the time to add a class
-(kNN: store its examples; softmax: retrain the head). Writes ``metric_learning_transfer.json``
-and ``.png``.
+(kNN: store its examples; softmax: retrain the head). Writes
+``metric_learning_transfer_<dataset>.json`` and ``.png``.
 
-    ./dev.sh bench benchmarks/metric_learning/transfer.py [--seconds 150] [--quick]
+    ./dev.sh bench benchmarks/metric_learning/transfer.py [--dataset mnist|cifar10] [--seconds 150] [--quick]
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import RESULTS_DIR, machine, save_figure, write_json  # noqa: E402
+from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, machine, save_figure, write_json  # noqa: E402
+from benchmarks.forest.classification_heads import cifar, mnist  # noqa: E402
 
 QUICK_RESULTS_DIR = Path(tempfile.gettempdir()) / "hybrid_keras_quick"
 SEEN, NEW = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
@@ -135,9 +138,9 @@ def softmax_head_accuracy(features, support_x, support_y, query_x, query_y, seed
 def main(argv=None):
     import keras
 
-    from hybrid_keras.demo import load_digits
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", choices=("mnist", "cifar10"), default="mnist")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--seconds", type=float, default=150.0, help="training budget of each network")
     parser.add_argument("--draws", type=int, default=5, help="random support sets per shot count")
     parser.add_argument("--seed", type=int, default=0)
@@ -147,11 +150,7 @@ def main(argv=None):
         args.seconds, args.draws = 10.0, 2
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    images, labels = load_digits("test")
-    split = 8000
-    train_x, train_y, test_x, test_y = images[:split], labels[:split], images[split:], labels[split:]
-    if args.quick:
-        train_x, train_y, test_x, test_y = train_x[:1500], train_y[:1500], test_x[:500], test_y[:500]
+    (train_x, train_y), (test_x, test_y) = (mnist if args.dataset == "mnist" else cifar)(args.data, args.quick)
     seen_train = np.isin(train_y, SEEN)
     seen_test, new_test = np.isin(test_y, SEEN), np.isin(test_y, NEW)
 
@@ -173,7 +172,7 @@ def main(argv=None):
                                                   test_x[seen_test], test_y[seen_test])
 
     results = {"machine": machine(), "backend": keras.backend.backend(), "budget_seconds": args.seconds,
-               "data": f"MNIST (shipped 10k): train/support {len(train_x)}, test {len(test_x)}; seen {SEEN}, new {NEW}",
+               "data": f"{args.dataset}: train/support {len(train_x)}, test {len(test_x)}; classes seen {SEEN}, new {NEW}",
                "model": "zoo mobilenet_v2 alpha 0.35, random init, 32x32 RGB", "draws": args.draws, "methods": {}}
     for title, entry in methods.items():
         scores = {}
@@ -193,13 +192,13 @@ def main(argv=None):
               + ", ".join(f"{s}-shot {v['mean']:.3f}" for s, v in scores.items()), flush=True)
     results["add_a_class_seconds"] = add_a_class_seconds(methods, train_x, train_y, args.seed)
     results_dir = QUICK_RESULTS_DIR if args.quick else RESULTS_DIR
-    write_json(results_dir / "metric_learning_transfer.json", results)
-    plot(results, results_dir / "metric_learning_transfer.png")
+    write_json(results_dir / f"metric_learning_transfer_{args.dataset}.json", results)
+    plot(results, results_dir / f"metric_learning_transfer_{args.dataset}.png", args.dataset)
     print(json.dumps(results["add_a_class_seconds"]))
 
 
 def add_a_class_seconds(methods, train_x, train_y, seed):
-    """Seconds to make digit 9 known from 20 examples: kNN stores their embeddings (exact and
+    """Seconds to make class 9 known from 20 examples: kNN stores their embeddings (exact and
     FANNG backends, beside 20 stored examples of each of 0-8); softmax retrains its head."""
     from hybrid_keras.fanng import KNNClassifier
 
@@ -221,7 +220,7 @@ def add_a_class_seconds(methods, train_x, train_y, seed):
     return timings
 
 
-def plot(results, path):
+def plot(results, path, dataset):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,8 +234,8 @@ def plot(results, path):
     axis.set_xscale("log")
     axis.set_xticks(SHOTS, [str(s) for s in SHOTS])
     axis.set_xlabel("examples per new class")
-    axis.set_ylabel("accuracy on new digits 5-9")
-    axis.set_title(f"MNIST, trained on 0-4 for {results['budget_seconds']:.0f} s each")
+    axis.set_ylabel("accuracy on the new classes 5-9")
+    axis.set_title(f"{dataset}: trained on classes 0-4 for {results['budget_seconds']:.0f} s each")
     axis.legend(fontsize=8)
     return save_figure(fig, path)
 
