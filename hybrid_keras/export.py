@@ -147,7 +147,7 @@ def segmentation_classes(model) -> int | None:
     return int(shape[-1]) if tuple(shape[1:3]) == (height, width) and shape[-1] else None
 
 
-def _ends_in_probabilities(model) -> bool:
+def ends_in_probabilities(model) -> bool:
     """Whether a segmentation model's output is already a distribution per pixel.
 
     Yes when the last layer that computes values (looking back through resizing, cropping
@@ -253,7 +253,7 @@ def export_saved_model(
         prepended = Preprocessing(preprocessing, name="export_preprocessing")
 
     classes = segmentation_classes(model)
-    probabilities_given = _ends_in_probabilities(model) if classes else None
+    probabilities_given = ends_in_probabilities(model) if classes else None
 
     def run(inputs):
         outputs = model(prepended(inputs) if prepended is not None else inputs, training=False)
@@ -408,7 +408,7 @@ def verify_saved_model(model, path, *, preprocessing: str | None = None, image_s
         else:
             signature_inputs[f"serving_default.features.{case}"] = model_inputs = arrays
         outputs = model(model_inputs, training=False)
-        outputs = (_segmentation_outputs(outputs, _ends_in_probabilities(model), classes) if classes
+        outputs = (_segmentation_outputs(outputs, ends_in_probabilities(model), classes) if classes
                    else _output_dict(model, outputs))
         expected[case] = {name: keras.ops.convert_to_numpy(value) for name, value in outputs.items()}
 

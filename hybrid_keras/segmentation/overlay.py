@@ -76,13 +76,13 @@ class _Segmenter:
             if not path.exists():
                 raise FileNotFoundError(f"{path}: no such .keras file or SavedModel directory")
             model = keras.saving.load_model(path)
-        from hybrid_keras.export import _ends_in_probabilities, segmentation_classes
+        from hybrid_keras.export import ends_in_probabilities, segmentation_classes
 
         if segmentation_classes(model) is None:
             raise ValueError(f"{model.name!r} is not a segmentation model (one output [B, H, W, classes] at the "
                              f"input's size); its output shape is {model.output_shape}")
         self.model = model
-        self.probabilities_given = _ends_in_probabilities(model)
+        self.probabilities_given = ends_in_probabilities(model)
         self.num_classes = int(model.output_shape[-1])
         height, width = model.input_shape[1:3]
         self.size = (height, width) if height is not None else None
@@ -117,11 +117,11 @@ def segment_images(model, images, out_dir, *, palette=None, opacity: float = 0.5
     segmenter = _Segmenter(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    colours = np.asarray(palette if palette is not None else default_palette(256), np.uint8)
     written = []
     for image_path in map(Path, images):
         image = _read_image(image_path)
         class_map = segmenter(image)
-        colours = np.asarray(palette if palette is not None else default_palette(256), np.uint8)
         overlay_path = out_dir / f"{image_path.stem}_overlay.png"
         Image.fromarray(blend(image, class_map, colours, opacity)).save(overlay_path)
         classes = Image.frombytes("P", class_map.shape[::-1], np.ascontiguousarray(class_map).tobytes())
