@@ -48,24 +48,22 @@ SHOTS = (1, 5, 20)
 EMBEDDING_DIM = 64
 
 
-class TimeBudget:
+def time_budget(seconds: float):
     """A Keras callback that stops training once ``seconds`` of fitting have passed."""
+    import keras
 
-    def __new__(cls, seconds: float):
-        import keras
+    class TimeBudget(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start = time.perf_counter()
 
-        class _Budget(keras.callbacks.Callback):
-            def on_train_begin(self, logs=None):
-                self.start = time.perf_counter()
+        def on_train_batch_end(self, batch, logs=None):
+            if time.perf_counter() - self.start > seconds:
+                self.model.stop_training = True
 
-            def on_train_batch_end(self, batch, logs=None):
-                if time.perf_counter() - self.start > seconds:
-                    self.model.stop_training = True
-
-        return _Budget()
+    return TimeBudget()
 
 
-def backbone(args, **kwargs):
+def backbone(**kwargs):
     import keras
 
     import zoo
@@ -80,10 +78,10 @@ def backbone(args, **kwargs):
 def train_softmax(args, images, labels):
     import keras
 
-    model = backbone(args, classes=len(SEEN))
+    model = backbone(classes=len(SEEN))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     start = time.perf_counter()
-    history = model.fit(images, labels, batch_size=64, epochs=1000, callbacks=[TimeBudget(args.seconds)], verbose=0)
+    history = model.fit(images, labels, batch_size=64, epochs=1000, callbacks=[time_budget(args.seconds)], verbose=0)
     features = keras.Model(model.input, model.get_layer("global_average_pooling2d").output)
     return model, features, {"seconds": time.perf_counter() - start, "epochs": len(history.history["loss"])}
 
@@ -93,9 +91,9 @@ def train_embedding(args, images, labels, mined: bool):
 
     from hybrid_keras.metric_learning import HardNegativeBatches, HardNegativeMining, TripletSemiHardLoss, embedding_model
 
-    model = embedding_model(backbone(args, include_top=False), dim=EMBEDDING_DIM)
+    model = embedding_model(backbone(include_top=False), dim=EMBEDDING_DIM)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=TripletSemiHardLoss(margin=0.5))
-    callbacks = [TimeBudget(args.seconds)]
+    callbacks = [time_budget(args.seconds)]
     start = time.perf_counter()
     if mined:
         batches = HardNegativeBatches(images, labels, batch_size=96, negatives=1, search="fanng", seed=args.seed)
