@@ -392,6 +392,7 @@ def verify_saved_model(model, path, *, preprocessing: str | None = None, image_s
 
     rng = np.random.default_rng(seed)
     classes = segmentation_classes(model)
+    probabilities_given = ends_in_probabilities(model) if classes else None
     signature_inputs, expected = {}, {}
     for case, arrays in enumerate(_verification_cases(model, image_size, batch, rng, inputs)):
         if is_image_model(model):
@@ -408,7 +409,7 @@ def verify_saved_model(model, path, *, preprocessing: str | None = None, image_s
         else:
             signature_inputs[f"serving_default.features.{case}"] = model_inputs = arrays
         outputs = model(model_inputs, training=False)
-        outputs = (_segmentation_outputs(outputs, ends_in_probabilities(model), classes) if classes
+        outputs = (_segmentation_outputs(outputs, probabilities_given, classes) if classes
                    else _output_dict(model, outputs))
         expected[case] = {name: keras.ops.convert_to_numpy(value) for name, value in outputs.items()}
 

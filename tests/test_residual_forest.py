@@ -95,7 +95,7 @@ def test_joint_leaf_training_beats_the_grown_leaves():
 
     assert loss(trained) < 0.9 * loss(grown)
     assert np.mean(_np(trained(val_x)).argmax(1) == val_y) > 0.85
-    assert info["epochs_run"] >= 1 and info["grow_seconds"] >= 0
+    assert info["epochs_run"] >= 1
 
 
 def test_bad_input():

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, save_figure, write_json  # noqa: E402
+from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, Timer, save_figure, write_json  # noqa: E402
 from benchmarks.segmentation.data import CACHE_DIR, camvid  # noqa: E402
 
 CLASS_NAMES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
@@ -87,12 +87,11 @@ def train(name, args, data):
                   metrics=[MeanIoU(CLASSES, VOID)])
     stop = keras.callbacks.EarlyStopping(monitor="val_mean_iou", mode="max", patience=args.patience,
                                          restore_best_weights=True)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    history = model.fit(train_images, train_masks, validation_data=(val_images, val_masks), epochs=args.epochs,
-                        batch_size=args.batch_size, callbacks=[stop], verbose=2 if args.verbose else 0)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    with Timer() as timer:
+        history = model.fit(train_images, train_masks, validation_data=(val_images, val_masks), epochs=args.epochs,
+                            batch_size=args.batch_size, callbacks=[stop], verbose=2 if args.verbose else 0)
     best = int(np.argmax(history.history["val_mean_iou"]))
-    return model, {"training_seconds": seconds, "training_cpu_seconds": cpu_seconds, "epochs_run": len(history.history["loss"]), "best_epoch": best + 1,
+    return model, {"training_seconds": timer.wall, "training_cpu_seconds": timer.cpu, "epochs_run": len(history.history["loss"]), "best_epoch": best + 1,
                    "best_val_mean_iou": float(history.history["val_mean_iou"][best])}
 
 

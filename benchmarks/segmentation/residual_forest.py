@@ -31,30 +31,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.common import RESULTS_DIR, machine, save_figure, write_json  # noqa: E402
+from benchmarks.common import RESULTS_DIR, Timer, machine, save_figure, write_json  # noqa: E402
 from benchmarks.segmentation import camvid_fcn  # noqa: E402
 from benchmarks.segmentation.camvid_fcn import CLASSES, QUICK_RESULTS_DIR, VOID  # noqa: E402
 from benchmarks.segmentation.data import camvid  # noqa: E402
-
-
-class Timer:
-    """Wall-clock and process CPU seconds of a block (CPU time is steadier on a shared machine)."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
-
-    def as_dict(self) -> dict:
-        return {"training_seconds": self.wall, "training_cpu_seconds": self.cpu}
 
 
 def fcn32s_weights(args, data, height, width):
@@ -93,7 +78,7 @@ def fcn8s_from_fcn32s(fcn32s, args, data):
     with Timer() as timer:
         history = model.fit(train_images, train_masks, validation_data=validation, epochs=args.epochs,
                             batch_size=args.batch_size, callbacks=[stop], verbose=2 if args.verbose else 0)
-    return model, {**timer.as_dict(), "epochs_run": len(history.history["loss"]),
+    return model, {"training_seconds": timer.wall, "training_cpu_seconds": timer.cpu, "epochs_run": len(history.history["loss"]),
                    "best_val_mean_iou": float(max(history.history["val_mean_iou"]))}
 
 
