@@ -117,6 +117,30 @@ def _segment(args) -> None:
         print(path)
 
 
+def _track(args) -> None:
+    from hybrid_keras.tracking.frames import track_folder
+    from hybrid_keras.tracking.sint import DEFAULT_TRACKER, load_tracker
+
+    try:
+        box = [float(v) for v in args.box.split(",")]
+    except ValueError:
+        raise SystemExit(f"--box must be x,y,w,h in pixels. Received: {args.box!r}") from None
+    if len(box) != 4:
+        raise SystemExit(f"--box must be x,y,w,h in pixels. Received: {args.box!r}")
+    weights = args.weights or DEFAULT_TRACKER
+    try:
+        tracker = load_tracker(weights)
+    except FileNotFoundError as error:
+        raise SystemExit(f"{error}. Train one with `./dev.sh bench benchmarks/tracking/sint_otb.py` (it saves to "
+                         f"{DEFAULT_TRACKER}) or pass --weights.") from None
+    try:
+        result = track_folder(tracker, args.frames_dir, box, args.out, strip_frames=args.strip_frames)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(str(error)) from None
+    print(result["boxes_csv"])
+    print(result["strip"])
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Keep the listing commands free of Keras/TensorFlow imports: they only read the registry.
@@ -152,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
                          help="class colours: distinct ones per index, or CamVid's (SegNet's)")
     segment.add_argument("--opacity", type=float, default=0.5, help="of the class colours over the photo")
 
+    track = commands.add_parser("track", help="track one object through a folder of frames with a SINT tracker")
+    track.add_argument("frames_dir", help="a folder of frames (PNG, JPEG, ...), in name order, all one size")
+    track.add_argument("--box", required=True, help="x,y,w,h: the target in the first frame, in pixels")
+    track.add_argument("--out", required=True, help="folder for boxes.csv and strip.png")
+    track.add_argument("--weights", default=None, help="a tracker saved by hybrid_keras.tracking.save_tracker (a "
+                                                       ".weights.h5 with its .json); default: the tracking benchmark's")
+    track.add_argument("--strip-frames", type=int, default=8, help="frames drawn in strip.png (default 8)")
+
     demo = commands.add_parser("demo", help="fine-tune, add hybrid heads, export and verify, on shipped MNIST images")
     demo.add_argument("--out", default="saved_models/demo", help="where the SavedModel versions go (default saved_models/demo)")
     demo.add_argument("--quick", action="store_true", help="fewer images and epochs (for a smoke test)")
@@ -180,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         print("serve it with:\n  " + serving_command(path))
     elif args.command == "segment":
         _segment(args)
+    elif args.command == "track":
+        _track(args)
     elif args.command == "demo":
         from hybrid_keras.demo import run_demo
 

@@ -237,9 +237,7 @@ def export_saved_model(
 
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a keras.Model. Received: {type(model).__name__}")
-    path = Path(path)
-    if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{path} exists and is not empty; TF Serving versions are immutable, use a new version directory")
+    path = check_version_directory(path)
     image_model = is_image_model(model)
     prepended = None
     if preprocessing is not None and check_mode(preprocessing) != "none":  # "none" adds nothing
@@ -294,16 +292,37 @@ def export_saved_model(
         shape = _feature_shape(model)
         archive.add_endpoint("serving_default", run, [tf.TensorSpec(shape, tf.float32, name="features")])
         metadata["feature_shape"] = list(shape[1:])
-    # Written beside the target and renamed once verified, so TF Serving (which polls the
-    # base directory) never sees a half-written or unverified version.
+    check = None
+    if verify:
+        def check(staging):
+            verify_saved_model(model, staging, preprocessing=preprocessing, image_size=image_size, inputs=verify_inputs)
+    return write_archive(archive, path, metadata, check, verbose=verbose)
+
+
+def check_version_directory(path: str | os.PathLike) -> Path:
+    """``path`` as a Path; an error when it exists and is not empty."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} exists and is not empty; TF Serving versions are immutable, use a new version directory")
+    return path
+
+
+def write_archive(archive, path: str | os.PathLike, metadata: dict, verify=None, *, verbose: bool = False) -> Path:
+    """Write a ``keras.export.ExportArchive`` as the version directory ``path``, with ``metadata`` in
+    ``assets.extra/hybrid_keras.json``; ``verify(staging_path)`` (raising on a mismatch) runs
+    before the version appears. It is written beside the target and renamed once verified, so
+    TF Serving (which polls the base directory) never sees a half-written or unverified version."""
+    import tensorflow as tf
+
+    path = check_version_directory(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         archive.write_out(str(staging), options=tf.saved_model.SaveOptions(namespace_whitelist=[OP_NAMESPACE]), verbose=verbose)
         (staging / "assets.extra").mkdir(exist_ok=True)
         (staging / "assets.extra" / "hybrid_keras.json").write_text(json.dumps(metadata, indent=2))
-        if verify:
-            verify_saved_model(model, staging, preprocessing=preprocessing, image_size=image_size, inputs=verify_inputs)
+        if verify is not None:
+            verify(staging)
         if path.exists():
             path.rmdir()  # empty, checked above
         os.replace(staging, path)
@@ -328,10 +347,13 @@ _CHECK_SCRIPT = textwrap.dedent(
         tf.load_op_library(op_library)
     loaded = tf.saved_model.load(saved_model)
     data = np.load(inputs_file)
-    results = {}
+    calls = {}
     for key in data.files:
         signature, argument, case = key.split(".")
-        outputs = loaded.signatures[signature](**{argument: tf.constant(data[key])})
+        calls.setdefault((signature, case), {})[argument] = tf.constant(data[key])
+    results = {}
+    for (signature, case), arguments in calls.items():
+        outputs = loaded.signatures[signature](**arguments)
         for name, tensor in outputs.items():
             results[signature + "/" + name + "/" + case] = tensor.numpy()
     np.savez(outputs_file, **results)
@@ -370,6 +392,32 @@ def _verification_cases(model, image_size, batch, rng, inputs):
         return images
     sizes = [(height, width)] if height is not None else SEGMENTATION_VERIFY_SIZES
     return [rng.integers(0, 256, size=(batch, h, w, channels), dtype=np.uint8) for h, w in sizes]
+
+
+def serve_in_fresh_process(path, signature_inputs: dict) -> dict:
+    """Run a SavedModel's signatures in a fresh Python process that imports only TensorFlow (and
+    loads this project's op library when the graph uses it), as TF Serving would.
+
+    ``signature_inputs``: ``{"signature.argument.case": array}``; the arguments of one signature
+    and case form one call. Returns ``{"signature/output/case": array}``.
+    """
+    op_library = ""
+    if uses_custom_ops(path):
+        from hybrid_keras.fanng.ops import library_path
+
+        op_library = str(library_path())
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs_file, outputs_file = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
+        np.savez(inputs_file, **signature_inputs)
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+        result = subprocess.run(
+            [sys.executable, "-c", _CHECK_SCRIPT, str(path), str(inputs_file), str(outputs_file), op_library],
+            capture_output=True, text=True, env=env,
+        )
+        if result.returncode != 0:
+            raise ExportVerificationError(f"loading {path} in a fresh TensorFlow process failed:\n{result.stderr[-4000:]}")
+        with np.load(outputs_file, allow_pickle=False) as served:
+            return {key: served[key] for key in served.files}
 
 
 def verify_saved_model(model, path, *, preprocessing: str | None = None, image_size=None, batch: int = 2, seed: int = 0,
@@ -413,30 +461,15 @@ def verify_saved_model(model, path, *, preprocessing: str | None = None, image_s
                    else _output_dict(model, outputs))
         expected[case] = {name: keras.ops.convert_to_numpy(value) for name, value in outputs.items()}
 
-    op_library = ""
-    if uses_custom_ops(path):
-        from hybrid_keras.fanng.ops import library_path
-
-        op_library = str(library_path())
-    with tempfile.TemporaryDirectory() as tmp:
-        inputs_file, outputs_file = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
-        np.savez(inputs_file, **signature_inputs)
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
-        result = subprocess.run(
-            [sys.executable, "-c", _CHECK_SCRIPT, str(path), str(inputs_file), str(outputs_file), op_library],
-            capture_output=True, text=True, env=env,
-        )
-        if result.returncode != 0:
-            raise ExportVerificationError(f"loading {path} in a fresh TensorFlow process failed:\n{result.stderr[-4000:]}")
-        with np.load(outputs_file, allow_pickle=False) as served:
-            diffs = {}
-            for key in served.files:
-                _, name, case = key.split("/")
-                reference = expected[int(case)]
-                if name == "class_map":
-                    diffs[key] = _class_map_mismatches(served[key], reference[name], reference["probabilities"])
-                else:
-                    diffs[key] = _max_relative_diff(served[key], reference[name])
+    served = serve_in_fresh_process(path, signature_inputs)
+    diffs = {}
+    for key, value in served.items():
+        _, name, case = key.split("/")
+        reference = expected[int(case)]
+        if name == "class_map":
+            diffs[key] = _class_map_mismatches(value, reference[name], reference["probabilities"])
+        else:
+            diffs[key] = _max_relative_diff(value, reference[name])
     wanted = {f"{key.split('.')[0]}/{name}/{key.split('.')[2]}" for key in signature_inputs
               for name in expected[int(key.split(".")[2])]}
     missing = wanted - set(diffs)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 from zoo.common import resolve_weights
 from zoo.weights import WeightSpec
 
-TASKS = ("classification", "embedding", "segmentation", "detection", "generative", "sequence")
+TASKS = ("classification", "embedding", "segmentation", "detection", "tracking", "generative", "sequence")
 
 _REGISTRY: dict[str, "ModelCard"] = {}
 

@@ -7,6 +7,8 @@ from hybrid_keras.layers.fully_convolutional import BilinearUpsampling, CropToRe
 from hybrid_keras.layers.normalization import L2Normalize, LocalResponseNormalization
 from hybrid_keras.layers.pooling import AdaptiveAveragePooling2D
 from hybrid_keras.layers.preprocessing import Preprocessing, find_preprocessing
+from hybrid_keras.layers.roi import BoxesToRoIs, PerImage, RoIAlign
 
-__all__ = ["AdaptiveAveragePooling2D", "BilinearUpsampling", "CropToReference", "DenseCRF", "L2Normalize",
-           "LocalResponseNormalization", "MinimumSize", "Preprocessing", "ReplicatePadding", "find_preprocessing"]
+__all__ = ["AdaptiveAveragePooling2D", "BilinearUpsampling", "BoxesToRoIs", "CropToReference", "DenseCRF", "L2Normalize",
+           "LocalResponseNormalization", "MinimumSize", "PerImage", "Preprocessing", "ReplicatePadding", "RoIAlign",
+           "find_preprocessing"]

@@ -66,15 +66,19 @@ def _check_margin(margin):
 class ContrastiveLoss(keras.losses.Loss):
     """SINT's contrastive loss. ``y_true``: 1 for a matching pair, 0 otherwise; ``y_pred``: the
     pair's squared Euclidean distance ``d^2`` (what :class:`hybrid_keras.metric_learning.PairDistance`
-    outputs), shape ``[batch]`` or ``[batch, 1]``. ``margin`` is on ``d^2``, as in the paper."""
+    outputs), shape ``[batch]`` or ``[batch, 1]``, or ``[batch, K]`` for K pairs per example
+    (a target against K candidate boxes); sample weights of that shape weigh each pair.
+    ``margin`` is on ``d^2``, as in the paper."""
 
     def __init__(self, margin: float = 1.0, name: str = "contrastive_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         self.margin = _check_margin(margin)
 
     def call(self, y_true, y_pred):
-        squared = ops.reshape(ops.cast(y_pred, "float32"), (-1,))
-        match = ops.reshape(ops.cast(y_true, "float32"), (-1,))
+        squared = ops.cast(y_pred, "float32")
+        if len(squared.shape) == 2 and squared.shape[1] == 1:
+            squared = squared[:, 0]
+        match = ops.reshape(ops.cast(y_true, "float32"), ops.shape(squared))
         return 0.5 * match * squared + 0.5 * (1.0 - match) * ops.maximum(self.margin - squared, 0.0)
 
     def get_config(self):

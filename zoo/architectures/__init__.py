@@ -1,4 +1,4 @@
 """One module per architecture family; importing them registers their builders."""
 
 from zoo.architectures import alexnet, bn_inception, googlenet, mobilenet_v2, vgg, zfnet  # noqa: F401
-from zoo.architectures import fcn  # noqa: F401
+from zoo.architectures import fcn, sint  # noqa: F401
