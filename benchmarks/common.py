@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Callable, Hashable, Iterator, Mapping, Sequence
 
+from hybrid_keras import CACHE_DIR  # noqa: F401  (the benchmarks' caches live there too)
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 RESULTS_DIR = REPO / "benchmarks" / "results"

@@ -5,7 +5,12 @@ Submodules import TensorFlow lazily, so ``python -m hybrid_keras.fanng.build`` a
 the command line start quickly.
 """
 
+import os
+from pathlib import Path
+
 __version__ = "0.1.0"
+# Where trained artefacts and prepared benchmark data are kept between runs.
+CACHE_DIR = Path(os.environ.get("HYBRID_KERAS_CACHE", Path.home() / ".cache" / "hybrid_keras"))
 
 __all__ = ["export_saved_model", "verify_saved_model"]
 

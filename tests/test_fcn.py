@@ -276,16 +276,6 @@ def test_bad_input():
         model.predict(np.zeros((1, 20, 40, 3), "float32"), verbose=0)
 
 
-def test_export_serves_the_crf_model(tmp_path):
-    """An FCN with its CRF exports with stock TensorFlow ops: the export reloads itself in a fresh
-    TensorFlow-only process and must reproduce the Keras outputs (it raises otherwise)."""
-    import hybrid_keras as hk
-
-    model = zoo.load("fcn8s", classes=3, crf={"iterations": 2}, input_shape=(64, 80, 3), **SMALL_MOBILENET)
-    path = hk.export_saved_model(model, tmp_path / "fcn_crf" / "1")
-    assert (path / "saved_model.pb").exists()
-
-
 @agnostic
 @pytest.mark.parametrize("factor", [2, 4])
 def test_hypercolumn_upsampling_puts_values_over_their_pixels(factor):

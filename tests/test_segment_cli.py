@@ -43,7 +43,9 @@ def trained_like_fcn(tmp_path_factory):
         if layer.name.startswith("score_stride"):
             layer.set_weights([rng.normal(size=w.shape).astype("float32") for w in layer.get_weights()])
     model.save(folder / "fcn.keras")
-    saved = hk.export_saved_model(model, folder / "served" / "1")
+    # Export verification has its own tests; here the command's class maps from the SavedModel
+    # are compared with the .keras file's.
+    saved = hk.export_saved_model(model, folder / "served" / "1", verify=False)
     photos = []
     for index, size in enumerate([(64, 96), (75, 53)]):
         photos.append(folder / f"photo{index}.png")

@@ -154,47 +154,35 @@ def test_bad_input_gets_clear_errors():
         tracker.init(frame[..., 0], [1, 1, 5, 5])
 
 
+@agnostic
 def test_training_steps_lower_the_pair_loss():
     from hybrid_keras.tracking.sint import pair_model
     from hybrid_keras.tracking.training import train_matching_network
 
+    # The pixel network learns only its projection: enough to see the loss go down, cheaply.
     keras.utils.set_random_seed(0)
     photo, box = textured_patch_photo()
-    sequences = [synthetic_sequence(photo, box, frames=6, frame_size=(72, 96), motion="all", seed=s) for s in (0, 1)]
-    tracker = SiameseTracker(zoo.load("sint", **SMALL), **SMALL_STEP)
+    sequences = [synthetic_sequence(photo, box, frames=6, frame_size=(96, 128), motion="all", seed=s) for s in (0, 1)]
+    tracker = SiameseTracker(pixel_network(roi_size=3), search_size=96)
     inputs, labels = PairBatches(sequences, batch_size=8, pairs=8, candidates=8, seed=1)[0]
     model, loss = pair_model(tracker.step), ContrastiveLoss(1.0)
 
-    def pair_loss():  # in training mode, as fit computes it (batch statistics in batch norm)
-        return float(_np(loss(labels, model(inputs, training=True))))
+    def pair_loss():
+        return float(_np(loss(labels, model(inputs))))
 
     before = pair_loss()
-    history = train_matching_network(tracker.step, sequences, epochs=4, pairs_per_epoch=8, batch_size=8, candidates=8,
-                                     seed=1)
-    assert len(history.history["loss"]) == 4
+    history = train_matching_network(tracker.step, sequences, epochs=5, pairs_per_epoch=8, batch_size=8, candidates=8,
+                                     learning_rate=1e-2, seed=1)
+    assert len(history.history["loss"]) == 5
     assert pair_loss() < before
 
 
-def test_export_serves_initialize_and_track(tmp_path):
+def test_track_command_and_export_of_a_saved_tracker(tmp_path):
     import tensorflow as tf
-
-    from hybrid_keras.tracking.sint import export_tracker
-
-    keras.utils.set_random_seed(0)
-    tracker = SiameseTracker(zoo.load("sint", **SMALL), **SMALL_STEP)
-    path = export_tracker(tracker, tmp_path / "sint" / "1")  # verified in a fresh TF-only process
-    metadata = json.loads((path / "assets.extra" / "hybrid_keras.json").read_text())
-    assert metadata["task"] == "tracking" and metadata["state_size"] == tracker.step.state_size
-    loaded = tf.saved_model.load(str(path))
-    assert {"serving_default", "initialize", "track"} <= set(loaded.signatures)
-    with pytest.raises(FileExistsError):
-        export_tracker(tracker, path)
-
-
-def test_track_command_writes_boxes_and_a_strip(tmp_path):
     from PIL import Image
 
     from hybrid_keras import cli
+    from hybrid_keras.tracking.sint import export_tracker
 
     keras.utils.set_random_seed(0)
     photo, box = textured_patch_photo()
@@ -214,6 +202,13 @@ def test_track_command_writes_boxes_and_a_strip(tmp_path):
     written = np.array([[float(v) for v in row.split(",")[2:6]] for row in rows[1:]])
     expected, _ = load_tracker(weights).track(sequence.frames, np.round(sequence.boxes[0], 2))
     np.testing.assert_allclose(written, expected, atol=0.01)  # the saved tracker is the same tracker
+
+    path = export_tracker(load_tracker(weights), tmp_path / "sint" / "1")  # verified in a fresh TF-only process
+    metadata = json.loads((path / "assets.extra" / "hybrid_keras.json").read_text())
+    assert metadata["task"] == "tracking" and metadata["state_size"] == tracker.step.state_size
+    assert {"serving_default", "initialize", "track"} <= set(tf.saved_model.load(str(path)).signatures)
+    with pytest.raises(FileExistsError):
+        export_tracker(tracker, path)
     strip = Image.open(tmp_path / "out" / "strip.png")
     assert strip.size[0] == 3 * 96 + 2 * 4
     with pytest.raises(SystemExit, match="x,y,w,h"):

@@ -18,13 +18,12 @@ Images are read through ``hybrid_keras.datasets`` (TFDS builders over the local 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-CACHE_DIR = Path(os.environ.get("HYBRID_KERAS_CACHE", Path.home() / ".cache" / "hybrid_keras"))
+from benchmarks.common import CACHE_DIR
 
 
 @dataclass

@@ -6,12 +6,12 @@ train on the same arrays: copy the cache folder there and point ``HYBRID_KERAS_C
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-CACHE_DIR = Path(os.environ.get("HYBRID_KERAS_CACHE", Path.home() / ".cache" / "hybrid_keras"))
+from benchmarks.common import CACHE_DIR
+
 SPLITS = ("train", "validation", "test")
 
 

@@ -48,17 +48,17 @@ Rendered splits are cached as .npz under ``~/.cache/hybrid_keras/tracking/`` (or
 from __future__ import annotations
 
 import hashlib
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import CACHE_DIR as COMMON_CACHE_DIR
 from benchmarks.common import DEFAULT_DATA_DIR
 from hybrid_keras.tracking.sequences import MOTIONS, Sequence, camera_path, synthetic_sequence
 
-CACHE_DIR = Path(os.environ.get("HYBRID_KERAS_CACHE", Path.home() / ".cache" / "hybrid_keras")) / "tracking"
+CACHE_DIR = COMMON_CACHE_DIR / "tracking"
 RECIPE_VERSION = 2  # bump when anything below changes the sequences, so stale caches are not read
 SPLITS = ("train", "validation", "test")
 TEST_SHARE = {"coco128": 0.30, "bsds500": 0.15}

@@ -5,8 +5,8 @@ ImageNet weights can be had here) with the contrastive loss on box pairs from th
 sequences (``benchmarks.tracking.sequence_set``) for ``--train-seconds``, then every tracker
 runs one pass over each test sequence (test photos never appear in training). Rows:
 
-- ``sint``: the trained tracker with its first-frame box regression;
-- ``sint (no regression)``: the same network, the best candidate taken as it is;
+- ``sint``: the trained tracker (the step's defaults: best candidate, sizes damped);
+- ``sint + box regression``: the same network with SINT's first-frame box regression;
 - ``sint (untrained)``: the network at initialisation, what training buys;
 - ``csrt``, ``kcf``, ``mil``: OpenCV's trackers (opencv-contrib), one OpenCV thread.
 
@@ -40,7 +40,7 @@ def main(argv=None):
     parser.add_argument("--train-seconds", type=float, default=900.0)
     parser.add_argument("--alpha", type=float, default=0.35, help="MobileNetV2 width")
     parser.add_argument("--embedding-dim", type=int, default=128)
-    parser.add_argument("--roi-size", type=int, default=5)
+    parser.add_argument("--roi-size", type=int, default=7, help="RoIAlign bins per side (the paper's 7)")
     parser.add_argument("--search-size", type=int, default=128, help="search window side in pixels")
     parser.add_argument("--positive-iou", type=float, default=0.7, help="training positives (the paper's 0.7)")
     parser.add_argument("--negative-iou", type=float, default=0.5, help="training negatives (the paper's 0.5)")
@@ -63,7 +63,7 @@ def main(argv=None):
                          "roi_size": args.roi_size}
     step_arguments = {"search_size": args.search_size}
     untrained = SiameseTracker(zoo.load("sint", **network_arguments), **step_arguments)
-    record = {"network": network_arguments, "step": step_arguments}
+    record = {"network": network_arguments, "step": untrained.step.settings()}
     if args.reuse:
         tracker = load_tracker(DEFAULT_TRACKER)
         record["training"] = "reused " + str(DEFAULT_TRACKER)
@@ -88,8 +88,8 @@ def main(argv=None):
         del train
 
     test = sequence_set("test", data_dir=args.data_dir)[:args.test_sequences]
-    no_regression = SiameseTracker(tracker.step.network, **{**step_arguments, "box_regression": False})
-    trackers = {"sint": lambda: tracker, "sint (no regression)": lambda: no_regression,
+    regression = SiameseTracker(tracker.step.network, **{**step_arguments, "box_regression": True})
+    trackers = {"sint": lambda: tracker, "sint + box regression": lambda: regression,
                 "sint (untrained)": lambda: untrained}
     trackers.update({name: (lambda name=name: opencv_tracker(name)) for name in args.peers.split(",") if name})
     with Timer() as running:
