@@ -31,6 +31,10 @@ Export never guesses a normalisation: what the model's graph does is what is ser
 ``preprocessing=`` prepends one for an image model built elsewhere that lacks it (and
 is refused for a model that already has a Preprocessing layer).
 
+A SINT tracker exports with ``hybrid_keras.tracking.export_tracker`` (``initialize`` and
+``track`` signatures), written and checked by the same :func:`write_archive` and
+:func:`serve_in_fresh_process`.
+
 After writing, the export checks itself: a fresh Python process that imports only
 TensorFlow (plus ``tf.load_op_library`` when the graph uses this project's FANNG
 ops) loads the SavedModel, runs every signature and must reproduce the Keras
@@ -361,7 +365,8 @@ _CHECK_SCRIPT = textwrap.dedent(
 )
 
 
-def _max_relative_diff(actual: np.ndarray, expected: np.ndarray) -> float:
+def max_relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
+    """The largest ``|actual - expected|``, relative to ``|expected|`` where that exceeds 1."""
     return float(np.max(np.abs(actual - expected) / np.maximum(1.0, np.abs(expected)))) if expected.size else 0.0
 
 
@@ -469,7 +474,7 @@ def verify_saved_model(model, path, *, preprocessing: str | None = None, image_s
         if name == "class_map":
             diffs[key] = _class_map_mismatches(value, reference[name], reference["probabilities"])
         else:
-            diffs[key] = _max_relative_diff(value, reference[name])
+            diffs[key] = max_relative_difference(value, reference[name])
     wanted = {f"{key.split('.')[0]}/{name}/{key.split('.')[2]}" for key in signature_inputs
               for name in expected[int(key.split(".")[2])]}
     missing = wanted - set(diffs)

@@ -140,6 +140,15 @@ def test_hard_negative_batches_hold_each_anchor_with_a_positive_and_its_negative
     assert sorted(anchors_seen) == list(range(20))
 
 
+def _small_backbone(name="small_backbone"):
+    """Two convolutions: enough to learn these separable images, and quick to compile on every
+    backend (the zoo-backbone path of embedding_model has its own test, below)."""
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(keras.layers.Lambda(lambda v: v / 255.0)(inputs))
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    return keras.Model(inputs, x, name=name)
+
+
 @agnostic
 @pytest.mark.parametrize("loss", [TripletSemiHardLoss(0.5), TripletHardLoss(0.5)], ids=["semi_hard", "hard"])
 def test_training_steps_lower_the_triplet_loss(loss):
@@ -147,7 +156,7 @@ def test_training_steps_lower_the_triplet_loss(loss):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 64)
     images = (rng.uniform(0, 60, (64, 32, 32, 3)) + labels[:, None, None, None] * 50).astype("float32")
-    model = embedding_model("mobilenet_v2", dim=16, alpha=0.35, input_shape=(32, 32, 3))
+    model = embedding_model(_small_backbone(), dim=16)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
     history = model.fit(images, labels, batch_size=32, epochs=6, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
@@ -160,11 +169,20 @@ def test_siamese_contrastive_training_lowers_the_loss():
     first = rng.uniform(0, 255, (48, 32, 32, 3)).astype("float32")
     match = rng.integers(0, 2, 48)
     second = np.where(match[:, None, None, None] == 1, first, rng.uniform(0, 255, first.shape)).astype("float32")
-    model = siamese(embedding_model("mobilenet_v2", dim=8, alpha=0.35, input_shape=(32, 32, 3)))
+    model = siamese(embedding_model(_small_backbone(), dim=8))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=ContrastiveLoss(margin=1.0))
     history = model.fit([first, second], match.astype("float32"), batch_size=16, epochs=4, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert model.output_shape == (None,)
+
+
+@agnostic
+def test_embedding_model_on_a_zoo_backbone_gives_unit_vectors():
+    model = embedding_model("mobilenet_v2", dim=8, alpha=0.35, input_shape=(32, 32, 3))
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    embeddings = _np(model(images))
+    assert embeddings.shape == (2, 8)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
 
 
 def test_bad_input():

@@ -70,7 +70,8 @@ def test_template_tracker_follows_known_motion(motion):
     sequence = synthetic_sequence(photo, box, frames=24, frame_size=(120, 160), motion=motion, seed=1)
     # The window's resolution bounds the precision: 1.5 contexts over 192 pixels give the
     # 48-pixel target about 48 window pixels, 6 cells of the stride-8 map.
-    tracker = SiameseTracker(pixel_network(), search_size=192, context=1.5, box_regression=False)
+    # Sizes undamped: the search alone, as SINT has it.
+    tracker = SiameseTracker(pixel_network(), search_size=192, context=1.5, scale_damping=1.0, box_regression=False)
     boxes, scores = tracker.track(sequence.frames, sequence.boxes[0])
     overlap = box_iou(boxes, sequence.boxes)
     assert overlap.min() > 0.7 and overlap.mean() > 0.85, np.round(overlap, 2)
@@ -100,6 +101,7 @@ def test_box_deltas_round_trip():
     assert np.all(_np(deltas)[0, 1, :2] > 0.3) and not np.allclose(moved[1], _np(truth)[0, 0])  # past it: bounded
 
 
+@agnostic
 def test_candidates_are_labelled_by_overlap():
     rng = np.random.default_rng(0)
     truth = np.array([50.0, 40.0, 30.0, 20.0])
@@ -112,6 +114,7 @@ def test_candidates_are_labelled_by_overlap():
     assert np.all(overlap[labels == 1] >= 0.85) and np.all(overlap[labels == 0] <= 0.6)
 
 
+@agnostic
 def test_pair_batches_are_reproducible_and_shaped():
     photo, box = textured_patch_photo()
     sequences = [synthetic_sequence(photo, box, frames=5, frame_size=(60, 80), motion="pan", seed=s) for s in (0, 1)]

@@ -14,7 +14,7 @@ Writes ``benchmarks/results/tracking_sint.json``, ``tracking_sint.png`` (success
 plots) and ``tracking_sint_strip.png`` (the median sequence), and saves the trained tracker
 where ``hybrid-keras track`` finds it (``hybrid_keras.tracking.sint.DEFAULT_TRACKER``).
 
-    ./dev.sh bench benchmarks/tracking/sint_otb.py            # train (15 min) and evaluate
+    ./dev.sh bench benchmarks/tracking/sint_otb.py            # train (20 min) and evaluate
     ./dev.sh bench benchmarks/tracking/sint_otb.py --reuse    # evaluate the saved tracker
 """
 
@@ -37,7 +37,7 @@ from benchmarks.tracking.sequence_set import sequence_set  # noqa: E402
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--train-seconds", type=float, default=900.0)
+    parser.add_argument("--train-seconds", type=float, default=1200.0)
     parser.add_argument("--alpha", type=float, default=0.35, help="MobileNetV2 width")
     parser.add_argument("--embedding-dim", type=int, default=128)
     parser.add_argument("--roi-size", type=int, default=7, help="RoIAlign bins per side (the paper's 7)")

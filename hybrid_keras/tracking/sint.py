@@ -103,7 +103,7 @@ class SiameseTrackingStep(keras.layers.Layer):
     ``temperature``: see :func:`_pick` (0: take the best candidate).
     """
 
-    def __init__(self, network, *, search_size: int = 160, context: float = 1.5, grid: int = 9,
+    def __init__(self, network, *, search_size: int = 128, context: float = 1.5, grid: int = 9,
                  search_radius: float = 0.25, refine_grid: int = 5, scales: int = 5, scale_step: float = 1.04,
                  scale_damping: float = 0.5, temperature: float = 0.0, box_regression: bool = False,
                  regression_ridge: float = 1.0, **kwargs):
@@ -449,7 +449,8 @@ def export_tracker(tracker, path, *, verify: bool = True, verbose: bool = False)
     """
     import tensorflow as tf
 
-    from hybrid_keras.export import ExportVerificationError, _max_relative_diff, serve_in_fresh_process, write_archive
+    from hybrid_keras.export import (ExportVerificationError, max_relative_difference, serve_in_fresh_process,
+                                     write_archive)
 
     step = tracker.step if isinstance(tracker, SiameseTracker) else tracker
     initialize_model, track_model = tracking_models(step)
@@ -488,8 +489,8 @@ def export_tracker(tracker, path, *, verify: bool = True, verbose: bool = False)
         if set(served) != set(expected):
             raise ExportVerificationError(f"the SavedModel's outputs {sorted(served)} are not {sorted(expected)}")
         # Boxes are in pixels: a relative check on them is in pixels too.
-        worst = max(expected, key=lambda key: _max_relative_diff(served[key], np.asarray(expected[key])))
-        difference = _max_relative_diff(served[worst], np.asarray(expected[worst]))
+        worst = max(expected, key=lambda key: max_relative_difference(served[key], np.asarray(expected[key])))
+        difference = max_relative_difference(served[worst], np.asarray(expected[worst]))
         if difference > 1e-4:
             raise ExportVerificationError(f"{staging}: {worst} differs from the Keras tracker by {difference:.3g}")
 

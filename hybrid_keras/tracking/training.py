@@ -5,9 +5,9 @@ later frame, so a training example is two frames of one sequence: the target's b
 first (the query) and, in the second, a previous-box estimate (the truth jittered, as a
 tracker's last answer is slightly off, which sets the search window) with ``candidates``
 boxes labelled 1 (overlap with the truth >= 0.7) or 0 (<= 0.5), the thresholds of the
-paper. Negatives are mostly hard ones: shifted by a third to one box size, or the right
-place at the wrong size, which is what the tracker must reject; the rest are anywhere in
-the window.
+paper. Negatives are mostly hard ones: shifted by up to about one box size (most by less
+than half: near misses are what a tracker drifts to), or the right place at the wrong size;
+the rest are anywhere in the window.
 """
 
 from __future__ import annotations
@@ -27,14 +27,17 @@ def _iou_with(boxes: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return box_iou(boxes, np.broadcast_to(truth, boxes.shape))
 
 
-def _sample(truth, count, draw, accept):
+def _sample(truth, count, draw, accept, rounds: int = 50):
     """``count`` boxes from ``draw(n)`` whose overlap with ``truth`` passes ``accept``."""
     found = []
-    while sum(len(f) for f in found) < count:
+    for _ in range(rounds):
+        if sum(len(f) for f in found) >= count:
+            return np.concatenate(found)[:count]
         boxes = draw(4 * count)
         boxes = boxes[(boxes[:, 2] > 1) & (boxes[:, 3] > 1)]
         found.append(boxes[accept(_iou_with(boxes, truth))])
-    return np.concatenate(found)[:count]
+    raise ValueError(f"could not draw {count} candidate boxes of the wanted overlap around {np.round(truth, 1).tolist()} "
+                     f"in {rounds} rounds; bring positive_iou and negative_iou nearer 0.5")
 
 
 def _around(truth, n, shift, log_scale):
