@@ -117,9 +117,25 @@ def _segment(args) -> None:
         print(path)
 
 
+def _load_tracker(weights):
+    from hybrid_keras.tracking.sint import DEFAULT_TRACKER, load_tracker
+
+    try:
+        return load_tracker(weights or DEFAULT_TRACKER)
+    except FileNotFoundError as error:
+        raise SystemExit(f"{error}. Train one with `./dev.sh bench benchmarks/tracking/sint_otb.py` (it saves to "
+                         f"{DEFAULT_TRACKER}) or pass --weights.") from None
+
+
+def _export_tracker(args):
+    """A tracker serves two calls (initialize, track), so it exports from a saved tracker."""
+    from hybrid_keras.tracking.sint import export_tracker
+
+    return export_tracker(_load_tracker(args.weights), args.out_dir, verify=not args.no_verify)
+
+
 def _track(args) -> None:
     from hybrid_keras.tracking.frames import track_folder
-    from hybrid_keras.tracking.sint import DEFAULT_TRACKER, load_tracker
 
     try:
         box = [float(v) for v in args.box.split(",")]
@@ -127,12 +143,7 @@ def _track(args) -> None:
         raise SystemExit(f"--box must be x,y,w,h in pixels. Received: {args.box!r}") from None
     if len(box) != 4:
         raise SystemExit(f"--box must be x,y,w,h in pixels. Received: {args.box!r}")
-    weights = args.weights or DEFAULT_TRACKER
-    try:
-        tracker = load_tracker(weights)
-    except FileNotFoundError as error:
-        raise SystemExit(f"{error}. Train one with `./dev.sh bench benchmarks/tracking/sint_otb.py` (it saves to "
-                         f"{DEFAULT_TRACKER}) or pass --weights.") from None
+    tracker = _load_tracker(args.weights)
     try:
         result = track_folder(tracker, args.frames_dir, box, args.out, strip_frames=args.strip_frames)
     except (ValueError, FileNotFoundError) as error:
@@ -158,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser("export", help="export a zoo model as a TF Serving SavedModel")
     export.add_argument("name", help="a registered model name (see `hybrid-keras models`)")
     export.add_argument("out_dir", help="the version directory to write, e.g. saved_models/vgg16/1")
-    export.add_argument("--weights", default=None, help="a weight tag, a local weights file, or omitted for random weights")
+    export.add_argument("--weights", default=None, help="a weight tag, a local weights file, or omitted for random "
+                                                        "weights; for a tracker (sint), a saved tracker's .weights.h5")
     export.add_argument("--classes", type=int, default=None, help="number of classes of the top (default: the weights')")
     export.add_argument("--input-shape", default=None, help="H,W,C (default: the model's)")
     export.add_argument("--no-verify", action="store_true", help="skip reloading the export in a fresh process")
@@ -201,13 +213,16 @@ def main(argv: list[str] | None = None) -> int:
         import zoo
         from hybrid_keras.export import export_saved_model, serving_command
 
-        kwargs = {}
-        if args.classes is not None:
-            kwargs["classes"] = args.classes
-        if args.input_shape is not None:
-            kwargs["input_shape"] = _parse_shape(args.input_shape)
-        model = zoo.load(args.name, weights=args.weights, **kwargs)
-        path = export_saved_model(model, args.out_dir, verify=not args.no_verify)
+        if args.name in zoo.list_models(task="tracking"):
+            path = _export_tracker(args)
+        else:
+            kwargs = {}
+            if args.classes is not None:
+                kwargs["classes"] = args.classes
+            if args.input_shape is not None:
+                kwargs["input_shape"] = _parse_shape(args.input_shape)
+            model = zoo.load(args.name, weights=args.weights, **kwargs)
+            path = export_saved_model(model, args.out_dir, verify=not args.no_verify)
         print(f"exported {args.name} to {path}" + ("" if args.no_verify else " (verified in a fresh TensorFlow process)"))
         print("serve it with:\n  " + serving_command(path))
     elif args.command == "segment":
