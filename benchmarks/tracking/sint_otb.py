@@ -75,7 +75,7 @@ def main(argv=None):
         network.set_weights(untrained.step.network.get_weights())  # the untrained row is this network's start
         tracker = SiameseTracker(network, **step_arguments)
         with Timer() as training:
-            history = train_matching_network(tracker.step, train, seconds=args.train_seconds, epochs=10_000,
+            history = train_matching_network(tracker.step, train, seconds=args.train_seconds,
                                              pairs_per_epoch=320, positive_iou=args.positive_iou,
                                              negative_iou=args.negative_iou)
         losses = history.history["loss"]

@@ -154,13 +154,15 @@ class _TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def train_matching_network(step, sequences, *, seconds: float | None = None, epochs: int = 1, pairs_per_epoch: int = 1024,
-                           batch_size: int = 16, candidates: int = 32, positive_iou: float = POSITIVE_IOU,
+def train_matching_network(step, sequences, *, seconds: float | None = None, epochs: int | None = None,
+                           pairs_per_epoch: int = 1024, batch_size: int = 16, candidates: int = 32,
+                           positive_iou: float = POSITIVE_IOU,
                            negative_iou: float = NEGATIVE_IOU, margin: float = 1.0, learning_rate: float = 1e-3,
                            batch_norm_momentum: float | None = 0.9, seed: int = 0, verbose: int = 0):
     """Train ``step``'s SINT network on pairs from ``sequences`` with the contrastive loss.
 
-    ``seconds``: stop after this long (``epochs`` is then an upper bound). ``margin``: on
+    ``seconds``: stop after this long; ``epochs``: after this many epochs of
+    ``pairs_per_epoch`` pairs (default: 1 without ``seconds``, none with it). ``margin``: on
     squared distances of unit embeddings (which lie in [0, 4]). ``batch_norm_momentum``: the
     zoo backbones keep batch-norm statistics with momentum 0.999 (ImageNet's long training);
     over a few hundred steps those averages would stay near their initial values and the
@@ -179,4 +181,6 @@ def train_matching_network(step, sequences, *, seconds: float | None = None, epo
     data = PairBatches(sequences, batch_size=batch_size, pairs=pairs_per_epoch, candidates=candidates,
                        positive_iou=positive_iou, negative_iou=negative_iou, seed=seed)
     callbacks = [_TimeBudget(seconds)] if seconds is not None else []
+    if epochs is None:
+        epochs = 1 if seconds is None else 1_000_000  # the time budget ends it
     return model.fit(data, epochs=epochs, callbacks=callbacks, verbose=verbose)
