@@ -48,21 +48,6 @@ SHOTS = (1, 5, 20)
 EMBEDDING_DIM = 64
 
 
-def time_budget(seconds: float):
-    """A Keras callback that stops training once ``seconds`` of fitting have passed."""
-    import keras
-
-    class TimeBudget(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            if time.perf_counter() - self.start > seconds:
-                self.model.stop_training = True
-
-    return TimeBudget()
-
-
 def backbone(**kwargs):
     import keras
 
@@ -78,10 +63,12 @@ def backbone(**kwargs):
 def train_softmax(args, images, labels):
     import keras
 
+    from hybrid_keras.callbacks import TimeBudget
+
     model = backbone(classes=len(SEEN))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     start = time.perf_counter()
-    history = model.fit(images, labels, batch_size=64, epochs=1000, callbacks=[time_budget(args.seconds)], verbose=0)
+    history = model.fit(images, labels, batch_size=64, epochs=1000, callbacks=[TimeBudget(args.seconds)], verbose=0)
     features = keras.Model(model.input, model.get_layer("global_average_pooling2d").output)
     return model, features, {"seconds": time.perf_counter() - start, "epochs": len(history.history["loss"])}
 
@@ -89,11 +76,12 @@ def train_softmax(args, images, labels):
 def train_embedding(args, images, labels, mined: bool):
     import keras
 
+    from hybrid_keras.callbacks import TimeBudget
     from hybrid_keras.metric_learning import HardNegativeBatches, HardNegativeMining, TripletSemiHardLoss, embedding_model
 
     model = embedding_model(backbone(include_top=False), dim=EMBEDDING_DIM)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=TripletSemiHardLoss(margin=0.5))
-    callbacks = [time_budget(args.seconds)]
+    callbacks = [TimeBudget(args.seconds)]
     start = time.perf_counter()
     if mined:
         batches = HardNegativeBatches(images, labels, batch_size=96, negatives=1, search="fanng", seed=args.seed)

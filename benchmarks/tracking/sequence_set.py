@@ -56,6 +56,7 @@ import numpy as np
 
 from benchmarks.common import CACHE_DIR as COMMON_CACHE_DIR
 from benchmarks.common import DEFAULT_DATA_DIR
+from hybrid_keras.tracking.metrics import box_iou
 from hybrid_keras.tracking.sequences import MOTIONS, Sequence, camera_path, synthetic_sequence
 
 CACHE_DIR = COMMON_CACHE_DIR / "tracking"
@@ -269,5 +270,4 @@ def _intersection(a, b) -> float:
 
 
 def _iou(a, b) -> float:
-    inter = _intersection(a, b)
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+    return float(box_iou(np.asarray([a]), np.asarray([b]))[0])

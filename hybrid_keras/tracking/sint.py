@@ -36,6 +36,7 @@ from keras import ops
 from hybrid_keras import CACHE_DIR
 from hybrid_keras.layers.roi import RoIAlign
 from hybrid_keras.tracking.metrics import check_boxes
+from zoo.architectures.sint import MIN_SIZE, embed_boxes, feature_model
 
 MIN_SIDE = 4.0  # pixels: a box never shrinks below this, so it never degenerates
 # The step's settings: what save_tracker records and the export's metadata lists.
@@ -113,8 +114,6 @@ class SiameseTrackingStep(keras.layers.Layer):
                              f"refine_grid={refine_grid}, scales={scales}")
         if not 0.0 < scale_damping <= 1.0:
             raise ValueError(f"scale_damping must be in (0, 1]. Received: {scale_damping}")
-        from zoo.architectures.sint import MIN_SIZE, feature_model
-
         if search_size < MIN_SIZE:
             raise ValueError(f"search_size must be at least {MIN_SIZE}. Received: {search_size}")
         self.network = network
@@ -176,8 +175,6 @@ class SiameseTrackingStep(keras.layers.Layer):
 
     # -- embeddings ----------------------------------------------------------------------
     def _embed(self, maps, boxes, box_features=False):
-        from zoo.architectures.sint import embed_boxes
-
         return embed_boxes(self.network, maps, boxes, box_features=box_features)
 
     def window_embeddings(self, frames, regions, boxes, training=False):

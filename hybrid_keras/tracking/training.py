@@ -18,6 +18,7 @@ import numpy as np
 
 import keras
 
+from hybrid_keras.callbacks import TimeBudget
 from hybrid_keras.tracking.metrics import box_iou
 
 POSITIVE_IOU, NEGATIVE_IOU = 0.7, 0.5
@@ -137,23 +138,6 @@ class PairBatches(keras.utils.PyDataset):
         return inputs, np.stack(labels)
 
 
-class _TimeBudget(keras.callbacks.Callback):
-    """Stops training once ``seconds`` have passed (checked after every batch)."""
-
-    def __init__(self, seconds: float):
-        super().__init__()
-        self.seconds = float(seconds)
-
-    def on_train_begin(self, logs=None):
-        import time
-
-        self._clock, self._start = time.perf_counter, time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self._clock() - self._start > self.seconds:
-            self.model.stop_training = True
-
-
 def train_matching_network(step, sequences, *, seconds: float | None = None, epochs: int | None = None,
                            pairs_per_epoch: int = 1024, batch_size: int = 16, candidates: int = 32,
                            positive_iou: float = POSITIVE_IOU,
@@ -180,7 +164,7 @@ def train_matching_network(step, sequences, *, seconds: float | None = None, epo
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=ContrastiveLoss(margin))
     data = PairBatches(sequences, batch_size=batch_size, pairs=pairs_per_epoch, candidates=candidates,
                        positive_iou=positive_iou, negative_iou=negative_iou, seed=seed)
-    callbacks = [_TimeBudget(seconds)] if seconds is not None else []
+    callbacks = [TimeBudget(seconds)] if seconds is not None else []
     if epochs is None:
         epochs = 1 if seconds is None else 1_000_000  # the time budget ends it
     return model.fit(data, epochs=epochs, callbacks=callbacks, verbose=verbose)
