@@ -449,8 +449,11 @@ def export_tracker(tracker, path, *, verify: bool = True, verbose: bool = False)
     from hybrid_keras.export import (ExportVerificationError, max_relative_difference, serve_in_fresh_process,
                                      write_archive)
 
-    step = tracker.step if isinstance(tracker, SiameseTracker) else tracker
-    initialize_model, track_model = tracking_models(step)
+    if isinstance(tracker, SiameseTracker):  # its models are built already
+        step, initialize_model, track_model = tracker.step, tracker._initialize, tracker._track
+    else:
+        step = tracker
+        initialize_model, track_model = tracking_models(step)
     frame_spec = tf.TensorSpec((None, None, None, 3), tf.float32, name="frame")
     box_spec = tf.TensorSpec((None, 4), tf.float32, name="box")
     target_spec = tf.TensorSpec((None, step.state_size), tf.float32, name="target")
