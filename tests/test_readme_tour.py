@@ -52,14 +52,15 @@ def test_tour_backbone_forest_attach_export_serves_raw_pixels(tmp_path):
     expected = keras.ops.convert_to_numpy(classifier(images))
     np.testing.assert_allclose(expected, keras.ops.convert_to_numpy(head(x)), atol=1e-5)
 
-    path = hk.export_saved_model(classifier, tmp_path / "tour" / "1", verify_inputs=images[:4])
+    # The test serves each export itself in a fresh process, so the export's own check is skipped.
+    path = hk.export_saved_model(classifier, tmp_path / "tour" / "1", verify=False)
     np.testing.assert_allclose(_serve_in_fresh_process(path, images, tmp_path), expected, atol=1e-5)
 
     classifier.save(tmp_path / "tour.keras")
     again = keras.models.load_model(tmp_path / "tour.keras")
     assert find_preprocessing(again).get_config() == find_preprocessing(classifier).get_config()
     np.testing.assert_allclose(keras.ops.convert_to_numpy(again(images)), expected, atol=1e-5)
-    path = hk.export_saved_model(again, tmp_path / "tour" / "2", verify_inputs=images[:4])
+    path = hk.export_saved_model(again, tmp_path / "tour" / "2", verify=False)
     np.testing.assert_allclose(_serve_in_fresh_process(path, images, tmp_path), expected, atol=1e-5)
 
 
