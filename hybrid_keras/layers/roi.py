@@ -1,4 +1,5 @@
-"""RoIAlign (He et al., Mask R-CNN, ICCV 2017): a fixed-size feature per region of interest.
+"""RoIAlign (He et al., Mask R-CNN, ICCV 2017) and RoI pooling (Girshick, Fast R-CNN, ICCV
+2015): a fixed-size feature per region of interest.
 
 Called on ``(features [B, H, W, C], rois [R, 5])``, rows ``(batch_index, x1, y1, x2, y2)`` in
 input pixels as torchvision takes them; returns ``[R, out_h, out_w, C]``. Each output bin is
@@ -118,6 +119,96 @@ class RoIAlign(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "output_size": self.output_size, "spatial_scale": self.spatial_scale,
                 "sampling_ratio": self.sampling_ratio, "aligned": self.aligned}
+
+
+def _round_half_away(x):
+    """C's ``round`` (halves away from zero), which torchvision's RoI pooling uses."""
+    return ops.sign(x) * ops.floor(ops.abs(x) + 0.5)
+
+
+def masked_bin_max(maps, y_start, y_end, x_start, x_end):
+    """Max over rectangular bins: ``maps [R, H, W, C]``, integer bin edges ``[R, out_h]`` and
+    ``[R, out_w]`` (half-open, already clipped to the map) -> ``[R, out_h, out_w, C]``; an empty
+    bin gives 0.
+
+    A max is not linear, so unlike RoIAlign there is no matrix-product form: each column bin is
+    a masked max over the width, then each row bin a masked max over the height (separable,
+    because the bins are rectangles). Gradients reach the maximising cell of each bin.
+    """
+    shape = ops.shape(maps)
+    rows = ops.arange(shape[1], dtype="int32")
+    cols = ops.arange(shape[2], dtype="int32")
+    lowest = -3.0e38 if maps.dtype != "float16" else -6.0e4
+    # Keras' max over an empty batch fails (TensorFlow) or returns a scalar (PyTorch), so an
+    # empty RoI set would break: one dummy region with empty bins rides along, dropped at the end.
+    maps = ops.pad(maps, [[0, 1], [0, 0], [0, 0], [0, 0]])
+    y_start, y_end, x_start, x_end = (ops.pad(ops.cast(edge, "int32"), [[0, 1], [0, 0]])
+                                      for edge in (y_start, y_end, x_start, x_end))
+
+    per_column = []
+    for q in range(x_start.shape[1]):
+        inside = (cols[None, :] >= x_start[:, q:q + 1]) & (cols[None, :] < x_end[:, q:q + 1])  # [R, W]
+        per_column.append(ops.max(ops.where(inside[:, None, :, None], maps, lowest), axis=2))  # [R, H, C]
+    per_column = ops.stack(per_column, axis=2)  # [R, H, out_w, C]
+    per_bin = []
+    for p in range(y_start.shape[1]):
+        inside = (rows[None, :] >= y_start[:, p:p + 1]) & (rows[None, :] < y_end[:, p:p + 1])  # [R, H]
+        per_bin.append(ops.max(ops.where(inside[:, :, None, None], per_column, lowest), axis=1))  # [R, out_w, C]
+    per_bin = ops.stack(per_bin, axis=1)  # [R, out_h, out_w, C]
+    empty = (y_end <= y_start)[:, :, None] | (x_end <= x_start)[:, None, :]
+    return ops.where(empty[..., None], ops.zeros_like(per_bin), per_bin)[:-1]
+
+
+@keras.saving.register_keras_serializable(package="hybrid_keras")
+class RoIPooling(keras.layers.Layer):
+    """``RoIPooling(output_size, spatial_scale)`` on ``(features [B, H, W, C], rois [R, 5])``:
+    Fast R-CNN's max pooling of each region into a fixed grid, ``[R, out_h, out_w, C]``.
+
+    Exactly ``torchvision.ops.roi_pool``'s rule: box corners are scaled and rounded to whole
+    cells (halves away from zero), the box spans ``round(x2 s) - round(x1 s) + 1`` cells (at
+    least one), bin ``i`` of ``n`` covers ``[floor(i L / n), ceil((i + 1) L / n))`` of it, clipped
+    to the map; an empty bin (wholly outside the map) is 0. Gradients flow to each bin's
+    maximum; the RoI coordinates get none.
+    """
+
+    def __init__(self, output_size, spatial_scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(output_size, int):
+            output_size = (output_size, output_size)
+        if len(output_size) != 2 or any(int(s) < 1 for s in output_size):
+            raise ValueError(f"output_size must be a positive int or (height, width). Received: {output_size!r}")
+        if not spatial_scale > 0:
+            raise ValueError(f"spatial_scale must be > 0. Received: spatial_scale={spatial_scale!r}")
+        self.output_size = tuple(int(s) for s in output_size)
+        self.spatial_scale = float(spatial_scale)
+
+    def call(self, inputs):
+        features, rois = inputs
+        features = ops.convert_to_tensor(features)
+        rois = ops.stop_gradient(ops.cast(rois, "float32"))
+        shape = ops.shape(features)
+        x1, y1, x2, y2 = (_round_half_away(rois[:, i] * self.spatial_scale) for i in range(1, 5))
+
+        def edges(start, end, bins, size):
+            length = ops.maximum(end - start + 1.0, 1.0)
+            step = ops.arange(bins, dtype="float32")[None, :]
+            low = ops.floor(step * length[:, None] / bins) + start[:, None]
+            high = ops.ceil((step + 1.0) * length[:, None] / bins) + start[:, None]
+            size = ops.cast(size, "float32")
+            return ops.clip(low, 0.0, size), ops.clip(high, 0.0, size)
+
+        out_h, out_w = self.output_size
+        y_start, y_end = edges(y1, y2, out_h, shape[1])
+        x_start, x_end = edges(x1, x2, out_w, shape[2])
+        maps = ops.take(features, ops.cast(rois[:, 0], "int32"), axis=0)  # [R, H, W, C]
+        return masked_bin_max(maps, y_start, y_end, x_start, x_end)
+
+    def compute_output_shape(self, input_shape):
+        features_shape, rois_shape = input_shape
+        return (rois_shape[0], *self.output_size, features_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "output_size": self.output_size, "spatial_scale": self.spatial_scale}
 
 
 @keras.saving.register_keras_serializable(package="hybrid_keras")
