@@ -9,9 +9,10 @@ TFDS's ``[ymin, xmin, ymax, xmax]`` in [0, 1].
 from hybrid_keras.detection.anchors import anchor_grid
 from hybrid_keras.detection.boxes import (BoxCoder, box_area, box_iou, check_boxes, clip_boxes, from_yxyx_normalized,
                                           to_yxyx_normalized)
+from hybrid_keras.detection.evaluation import coco_metrics, voc_average_precision
 from hybrid_keras.detection.nms import batched_nms, nms_keep_mask, non_max_suppression
 from hybrid_keras.detection.sampling import match_boxes, sample_balanced
 
 __all__ = ["BoxCoder", "anchor_grid", "batched_nms", "box_area", "box_iou", "check_boxes", "clip_boxes",
-           "from_yxyx_normalized", "match_boxes", "nms_keep_mask", "non_max_suppression", "sample_balanced",
-           "to_yxyx_normalized"]
+           "coco_metrics", "from_yxyx_normalized", "match_boxes", "nms_keep_mask", "non_max_suppression",
+           "sample_balanced", "to_yxyx_normalized", "voc_average_precision"]
