@@ -5,6 +5,7 @@
     hybrid-keras card NAME                         one model card
     hybrid-keras export NAME OUT_DIR [--weights W] [--classes N] [--input-shape H,W,C]
     hybrid-keras segment MODEL IMAGE... --out DIR  class-colour overlay PNGs of a segmentation model
+    hybrid-keras explain MODEL IMAGE... --method deconvnet|occlusion|gradcam [--layer NAME] --out DIR
     hybrid-keras demo [--out DIR] [--quick]        the end-to-end demo on shipped MNIST images
 """
 
@@ -91,10 +92,10 @@ def write_readme_table(readme: str) -> None:
     path.write_text(f"{head}{README_START}\n{models_table(markdown=True)}\n{README_END}{tail}")
 
 
-def _segment(args) -> None:
+def _load_model(args):
+    """MODEL as `segment` and `explain` take it: a path (returned as is), or a registered name
+    loaded with --weights (and --classes, --backbone, --alpha where the command has them)."""
     from pathlib import Path
-
-    from hybrid_keras.segmentation.overlay import segment_images
 
     model = args.model
     if not Path(model).exists():
@@ -104,9 +105,15 @@ def _segment(args) -> None:
             raise SystemExit(f"{model!r} is neither a file, a SavedModel directory nor a registered model")
         if args.weights is None:
             raise SystemExit(f"{model} has random weights without --weights; pass the .weights.h5 it was trained to")
-        options = {k: v for k, v in (("classes", args.classes), ("backbone", args.backbone), ("alpha", args.alpha))
-                   if v is not None}
-        model = zoo.load(model, weights=args.weights, **options)
+        options = {k: getattr(args, k, None) for k in ("classes", "backbone", "alpha")}
+        model = zoo.load(model, weights=args.weights, **{k: v for k, v in options.items() if v is not None})
+    return model
+
+
+def _segment(args) -> None:
+    from hybrid_keras.segmentation.overlay import segment_images
+
+    model = _load_model(args)
     palette = None
     if args.palette == "camvid":
         from hybrid_keras.datasets.camvid import PALETTE
@@ -150,6 +157,23 @@ def _track(args) -> None:
         raise SystemExit(str(error)) from None
     print(result["boxes_csv"])
     print(result["strip"])
+
+
+def _explain(args) -> None:
+    from hybrid_keras.explain import explain_images
+
+    options = {"layer": args.layer, "class_index": args.class_index}
+    if args.method == "deconvnet":
+        options = {"layer": args.layer, "channel": args.channel, "top_k": None if args.top_k == 0 else args.top_k,
+                   "rule": args.rule}
+    elif args.method == "occlusion":
+        options = {"class_index": args.class_index, "size": args.size, "stride": args.stride, "fill": args.fill}
+    try:
+        written = explain_images(_load_model(args), args.images, args.out, method=args.method, **options)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(str(error)) from None
+    for path in written:
+        print(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,6 +220,24 @@ def main(argv: list[str] | None = None) -> int:
                                                        ".weights.h5 with its .json); default: the tracking benchmark's")
     track.add_argument("--strip-frames", type=int, default=8, help="frames drawn in strip.png (default 8)")
 
+    explain = commands.add_parser("explain", help="deconvnet, occlusion or Grad-CAM pictures of what a classifier sees")
+    explain.add_argument("model", help="a .keras file, or a registered model name (then give --weights)")
+    explain.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...); resized to the model's input size")
+    explain.add_argument("--method", choices=("deconvnet", "occlusion", "gradcam"), default="gradcam")
+    explain.add_argument("--layer", default=None, help="deconvnet and gradcam: the layer (default: the last feature map)")
+    explain.add_argument("--out", required=True, help="folder for <name>_<method>.png and explain_<method>.json")
+    explain.add_argument("--weights", default=None, help="with a model name: its .weights.h5 file")
+    explain.add_argument("--classes", type=int, default=None, help="with a model name: its number of classes")
+    explain.add_argument("--alpha", type=float, default=None, help="with a MobileNetV2 model name: its width")
+    explain.add_argument("--class-index", type=int, default=None, help="occlusion and gradcam: the class (default: top)")
+    explain.add_argument("--rule", choices=("deconvnet", "guided", "gradient"), default="deconvnet",
+                         help="deconvnet: the ReLUs' backward pass (guided backpropagation, or the plain gradient)")
+    explain.add_argument("--channel", type=int, default=None, help="deconvnet: the feature map (default: the strongest)")
+    explain.add_argument("--top-k", type=int, default=1, help="deconvnet: activations kept in the map (0: all)")
+    explain.add_argument("--size", type=int, default=None, help="occlusion: the grey square's side (default: side / 7)")
+    explain.add_argument("--stride", type=int, default=None, help="occlusion: its step (default: size / 2)")
+    explain.add_argument("--fill", type=float, default=None, help="occlusion: its value (default: the model's mean pixel)")
+
     demo = commands.add_parser("demo", help="fine-tune, add hybrid heads, export and verify, on shipped MNIST images")
     demo.add_argument("--out", default="saved_models/demo", help="where the SavedModel versions go (default saved_models/demo)")
     demo.add_argument("--quick", action="store_true", help="fewer images and epochs (for a smoke test)")
@@ -229,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         _segment(args)
     elif args.command == "track":
         _track(args)
+    elif args.command == "explain":
+        _explain(args)
     elif args.command == "demo":
         from hybrid_keras.demo import run_demo
 
