@@ -6,6 +6,8 @@
     hybrid-keras export NAME OUT_DIR [--weights W] [--classes N] [--input-shape H,W,C]
     hybrid-keras segment MODEL IMAGE... --out DIR  class-colour overlay PNGs of a segmentation model
     hybrid-keras explain MODEL IMAGE... --method deconvnet|occlusion|gradcam [--layer NAME] --out DIR
+    hybrid-keras sample MODEL_WEIGHTS [--prime TEXT] [--length N] [--temperature T] [--seed S]
+                                                   text from a saved character language model
     hybrid-keras demo [--out DIR] [--quick]        the end-to-end demo on shipped MNIST images
 """
 
@@ -176,6 +178,18 @@ def _explain(args) -> None:
         print(path)
 
 
+def _sample(args) -> None:
+    from hybrid_keras.sequence import load_char_model, sample
+
+    try:
+        model, vocabulary = load_char_model(args.model_weights)
+        text = sample(model, vocabulary, prime=args.prime, length=args.length, temperature=args.temperature,
+                      seed=args.seed)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(str(error)) from None
+    print(args.prime + text)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Keep the listing commands free of Keras/TensorFlow imports: they only read the registry.
@@ -238,6 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--stride", type=int, default=None, help="occlusion: its step (default: size / 2)")
     explain.add_argument("--fill", type=float, default=None, help="occlusion: its value (default: the model's mean pixel)")
 
+    sample = commands.add_parser("sample", help="sample text from a saved character language model")
+    sample.add_argument("model_weights", help="a .weights.h5 saved by hybrid_keras.sequence.save_char_model (its .json "
+                                              "with the vocabulary beside it), e.g. from benchmarks/sequence/char_lm.py")
+    sample.add_argument("--prime", default="def ", help="the text to continue (default 'def ')")
+    sample.add_argument("--length", type=int, default=400, help="characters to generate (default 400)")
+    sample.add_argument("--temperature", type=float, default=1.0, help="0: most probable character; 1: the model's "
+                                                                        "distribution; lower is more conservative")
+    sample.add_argument("--seed", type=int, default=0, help="random seed of the draws (default 0)")
+
     demo = commands.add_parser("demo", help="fine-tune, add hybrid heads, export and verify, on shipped MNIST images")
     demo.add_argument("--out", default="saved_models/demo", help="where the SavedModel versions go (default saved_models/demo)")
     demo.add_argument("--quick", action="store_true", help="fewer images and epochs (for a smoke test)")
@@ -273,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         _track(args)
     elif args.command == "explain":
         _explain(args)
+    elif args.command == "sample":
+        _sample(args)
     elif args.command == "demo":
         from hybrid_keras.demo import run_demo
 

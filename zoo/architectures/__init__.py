@@ -2,3 +2,4 @@
 
 from zoo.architectures import alexnet, bn_inception, googlenet, mobilenet_v2, vgg, zfnet  # noqa: F401
 from zoo.architectures import fcn, sint  # noqa: F401
+from zoo.architectures import char_rnn  # noqa: F401
