@@ -15,9 +15,9 @@ TensorFlow, JAX and PyTorch backends; their networks come from the zoo (task
 
 from hybrid_keras.generative.autoencoders import (Autoencoder, Corruption, KLWarmup, Reparameterization,
                                                  VariationalAutoencoder, elbo_per_image, export_autoencoder,
-                                                 kl_divergence, reconstruction_nll)
+                                                 kl_divergence, reconstruction_nll, ToPixels)
 from hybrid_keras.generative.evaluation import frechet_distance, memorisation_report, nearest_training_images
 
 __all__ = ["Autoencoder", "Corruption", "KLWarmup", "Reparameterization", "VariationalAutoencoder", "elbo_per_image",
            "export_autoencoder", "frechet_distance", "kl_divergence", "memorisation_report", "nearest_training_images",
-           "reconstruction_nll"]
+           "reconstruction_nll", "ToPixels"]
