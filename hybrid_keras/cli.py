@@ -96,7 +96,7 @@ def write_readme_table(readme: str) -> None:
 
 def _load_model(args):
     """MODEL as `segment` and `explain` take it: a path (returned as is), or a registered name
-    loaded with --weights (and --classes, --backbone, --alpha where the command has them)."""
+    loaded with --weights (and --classes, --backbone, --alpha, --input-shape where the command has them)."""
     from pathlib import Path
 
     model = args.model
@@ -108,6 +108,7 @@ def _load_model(args):
         if args.weights is None:
             raise SystemExit(f"{model} has random weights without --weights; pass the .weights.h5 it was trained to")
         options = {k: getattr(args, k, None) for k in ("classes", "backbone", "alpha")}
+        options["input_shape"] = _parse_shape(getattr(args, "input_shape", None))
         model = zoo.load(model, weights=args.weights, **{k: v for k, v in options.items() if v is not None})
     return model
 
@@ -243,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--weights", default=None, help="with a model name: its .weights.h5 file")
     explain.add_argument("--classes", type=int, default=None, help="with a model name: its number of classes")
     explain.add_argument("--alpha", type=float, default=None, help="with a MobileNetV2 model name: its width")
+    explain.add_argument("--input-shape", default=None, help="with a model name: H,W,C it was trained at")
     explain.add_argument("--class-index", type=int, default=None, help="occlusion and gradcam: the class (default: top)")
     explain.add_argument("--rule", choices=("deconvnet", "guided", "gradient"), default="deconvnet",
                          help="deconvnet: the ReLUs' backward pass (guided backpropagation, or the plain gradient)")

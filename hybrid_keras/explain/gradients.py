@@ -4,10 +4,11 @@ or ``torch.autograd.grad``.
 Keras 3 has no backend-neutral "gradient of this function" call (``model.fit`` hides one per
 backend), so the explanation methods use this one: ``fn(*args)`` returns ``(scalar, aux)``;
 :func:`gradient_function` makes a callable returning ``aux`` and the gradients of the scalar
-with respect to the chosen arguments, all as NumPy arrays. Under JAX it is compiled once with
-``jax.jit``, the Keras variables ``fn`` reads passed in as arguments (through
-``keras.StatelessScope``) rather than baked into the program: op-by-op dispatch would compile
-every operation separately. :func:`compiled` does the same for a plain forward function.
+with respect to the chosen arguments, all as NumPy arrays. It is traced once per input shape:
+``tf.function`` under TensorFlow; ``jax.jit`` under JAX, with the Keras variables ``fn`` reads
+passed in as arguments (through ``keras.StatelessScope``) rather than baked into the program
+(op-by-op dispatch would compile every operation separately); PyTorch runs eagerly.
+:func:`compiled` does the same for a plain forward function.
 """
 
 from __future__ import annotations
@@ -46,7 +47,13 @@ def _stateless(fn, variables):
 def compiled(fn: Callable, variables: Sequence = ()) -> Callable:
     """``fn(*args)`` returning NumPy; compiled once per input shape under JAX (``variables``: the
     Keras variables ``fn`` reads, e.g. ``model.variables``)."""
-    if _backend() != "jax":
+    backend = _backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        traced = tf.function(fn)
+        return lambda *args: _numpy(traced(*args))
+    if backend == "torch":
         return lambda *args: _numpy(fn(*args))
     import jax
 
@@ -78,16 +85,20 @@ def gradient_function(fn: Callable, wrt: Sequence[int] = (0,), variables: Sequen
     if backend == "tensorflow":
         import tensorflow as tf
 
-        def tf_gradients(*args):
-            tensors = [tf.convert_to_tensor(a) for a in args]
+        @tf.function
+        def tf_gradients(*tensors):
             with tf.GradientTape() as tape:
                 for i in wrt:
                     tape.watch(tensors[i])
                 value, aux = fn(*tensors)
             grads = tape.gradient(value, [tensors[i] for i in wrt], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return aux, grads
+
+        def traced_gradients(*args):
+            aux, grads = tf_gradients(*[tf.convert_to_tensor(a) for a in args])
             return _numpy(aux), [g.numpy() for g in grads]
 
-        return tf_gradients
+        return traced_gradients
     import torch
 
     def torch_gradients(*args):

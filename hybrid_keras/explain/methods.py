@@ -258,14 +258,19 @@ def occlusion(model, images, *, size: int | None = None, stride: int | None = No
     return OcclusionMap(grid, heatmap, probability, chosen, size, stride, fill.copy())
 
 
+_NOT_FEATURES = (keras.layers.InputLayer, keras.layers.ZeroPadding2D, keras.layers.Cropping2D, keras.layers.UpSampling2D,
+                 keras.layers.Resizing, keras.layers.Dropout, keras.layers.SpatialDropout2D)
+
+
 def default_cam_layer(model) -> str:
     """Grad-CAM's default layer: the last top-level layer with a 4-D output larger than 1x1
-    (the last convolutional feature map), other than the model's output."""
+    (the last convolutional feature map), other than the model's output and layers that only
+    pad, crop, resize or drop out."""
     model = functional(model)
     outputs = {id(t._keras_history.operation) for t in model.outputs}
     found = None
     for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer) or id(layer) in outputs:
+        if isinstance(layer, _NOT_FEATURES) or id(layer) in outputs:
             continue
         try:
             shape = layer.output.shape
