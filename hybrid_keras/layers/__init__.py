@@ -8,7 +8,8 @@ from hybrid_keras.layers.normalization import L2Normalize, LocalResponseNormaliz
 from hybrid_keras.layers.pooling import AdaptiveAveragePooling2D
 from hybrid_keras.layers.preprocessing import Preprocessing, find_preprocessing
 from hybrid_keras.layers.roi import BoxesToRoIs, PerImage, RoIAlign
+from hybrid_keras.layers.spatial_transformer import SpatialTransformer, affine_regression
 
 __all__ = ["AdaptiveAveragePooling2D", "BilinearUpsampling", "BoxesToRoIs", "CropToReference", "DenseCRF", "L2Normalize",
            "LocalResponseNormalization", "MinimumSize", "PerImage", "Preprocessing", "ReplicatePadding", "RoIAlign",
-           "find_preprocessing"]
+           "SpatialTransformer", "affine_regression", "find_preprocessing"]

@@ -4,4 +4,5 @@ from zoo.architectures import alexnet, bn_inception, googlenet, mobilenet_v2, vg
 from zoo.architectures import fcn, sint  # noqa: F401
 from zoo.architectures import dcgan  # noqa: F401
 from zoo.architectures import autoencoders  # noqa: F401
+from zoo.architectures import spatial_transformer  # noqa: F401
 from zoo.architectures import char_rnn  # noqa: F401
