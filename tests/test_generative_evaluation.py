@@ -62,11 +62,11 @@ def test_frechet_distance_rejects_bad_features(a, b, match):
         frechet_distance(a, b)
 
 
-def _clustered_images(rng, count, clusters=12, shape=(6, 6, 1)):
+def _clustered_images(rng, count, clusters=12, shape=(6, 6, 1), prototypes=None, scale=25.0):
     """Images near a few prototypes (as real images are), uint8."""
-    prototypes = rng.integers(0, 256, size=(clusters, *shape))
-    noise = rng.normal(scale=25.0, size=(count, *shape))
-    return np.clip(prototypes[rng.integers(0, clusters, count)] + noise, 0, 255).astype(np.uint8)
+    prototypes = rng.integers(0, 256, size=(clusters, *shape)) if prototypes is None else prototypes
+    noise = rng.normal(scale=scale, size=(count, *shape))
+    return np.clip(prototypes[rng.integers(0, len(prototypes), count)] + noise, 0, 255).astype(np.uint8)
 
 
 def _brute_force(queries, base, k):
@@ -111,7 +111,7 @@ def test_memorisation_report_by_hand():
     def images(*values):
         return np.array(values, np.float64)[:, None, None, None] * np.ones((1, 2, 2, 1))
 
-    train, held_out = images(0, 10, 20), images(5, 15, 25, 40)  # nearest distances 10, 10, 10, 40
+    train, held_out = images(0, 10, 20), images(5, 15, 40)  # nearest training distances 10, 10, 40
     samples = images(10, 3, 37)  # a copy (0), 6, and 34 from the training set
     report = memorisation_report(samples, train, held_out, quantile=0.5, details=True)
     assert report["held_out_nearest"]["median"] == pytest.approx(10.0)
@@ -122,14 +122,31 @@ def test_memorisation_report_by_hand():
     assert report["closer_than_any_held_out"] == 2
     np.testing.assert_array_equal(report["sample_index"], [1, 0, 2])
     np.testing.assert_allclose(report["sample_distance"], [0.0, 6.0, 34.0])
+    # Nearest training / nearest held-out: samples 0/10, 6/4, 34/6; held-out images (nearest
+    # other held-out image) 10/20, 10/20, 40/50.
+    relative = report["relative"]
+    assert relative["samples_median"] == pytest.approx(1.5)
+    assert relative["held_out_median"] == pytest.approx(0.5)
+    assert relative["threshold"] == pytest.approx(0.5)
+    assert relative["fraction_below"] == pytest.approx(1 / 3)
 
 
-def test_memorisation_report_tells_copies_from_new_images(rng):
-    data = _clustered_images(rng, 700)
+def test_memorisation_report_tells_copies_from_new_and_from_blurred_images(rng):
+    prototypes = rng.integers(20, 236, size=(12, 6, 6, 1))
+    data = _clustered_images(rng, 700, prototypes=prototypes)
     train, held_out, new = data[:400], data[400:550], data[550:]
     copies = np.clip(train[rng.integers(0, 400, 150)].astype(np.float64) + rng.normal(size=(150, 6, 6, 1)), 0, 255)
+    # Samples without the data's pixel noise (an average of many images): near every image of their kind.
+    blurred = _clustered_images(rng, 150, prototypes=prototypes, scale=3.0)
     copied = memorisation_report(copies, train, held_out, search="fanng")
     fresh = memorisation_report(new, train, held_out, search="fanng")
+    smooth = memorisation_report(blurred, train, held_out, search="fanng")
     assert copied["median_ratio"] < 0.2 and copied["fraction_closer"] > 0.9
+    assert copied["relative"]["fraction_below"] > 0.9
     assert 0.8 < fresh["median_ratio"] < 1.25 and fresh["fraction_closer"] < 0.15
+    assert fresh["relative"]["fraction_below"] < 0.15
+    # Noise-free samples are nearer the training set than new images are (the first check flags
+    # them all), but not much nearer it than the held-out set (the second check: copies only).
+    assert smooth["median_ratio"] < 0.8 and smooth["fraction_closer"] > 0.9
+    assert smooth["relative"]["fraction_below"] < 0.5
     assert "sample_index" not in fresh
