@@ -31,6 +31,10 @@ Export never guesses a normalisation: what the model's graph does is what is ser
 ``preprocessing=`` prepends one for an image model built elsewhere that lacks it (and
 is refused for a model that already has a Preprocessing layer).
 
+A detection model (``task == "detection"``, the zoo's Faster R-CNN) serves the TF Object
+Detection API dictionary from images of any size and encoded images, letterboxed to the
+model's input (``hybrid_keras.detection.serving``).
+
 A SINT tracker exports with ``hybrid_keras.tracking.export_tracker`` (``initialize`` and
 ``track`` signatures), written and checked by the same :func:`write_archive` and
 :func:`serve_in_fresh_process`.
@@ -241,6 +245,14 @@ def export_saved_model(
 
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a keras.Model. Received: {type(model).__name__}")
+    if getattr(model, "task", None) == "detection":
+        from hybrid_keras.detection.serving import export_detection_model
+
+        if preprocessing not in (None, "none") or image_size is not None:
+            raise ValueError("detection models carry their preprocessing and take images of any size: pass neither "
+                             f"preprocessing nor image_size. Received: preprocessing={preprocessing!r}, "
+                             f"image_size={image_size!r}")
+        return export_detection_model(model, path, verify=verify, verify_inputs=verify_inputs, verbose=verbose)
     path = check_version_directory(path)
     image_model = is_image_model(model)
     prepended = None

@@ -47,12 +47,13 @@ def box_area(boxes):
 
 
 def box_iou(boxes_a, boxes_b):
-    """Intersection over union, ``[N, 4]`` x ``[M, 4]`` -> ``[N, M]`` (0 where both are empty)."""
+    """Intersection over union, ``[N, 4]`` x ``[M, 4]`` -> ``[N, M]`` (0 where both are empty).
+    Leading batch axes broadcast: ``[B, N, 4]`` x ``[M, 4]`` or ``[B, M, 4]`` -> ``[B, N, M]``."""
     boxes_a, boxes_b = ops.cast(boxes_a, "float32"), ops.cast(boxes_b, "float32")
-    top_left = ops.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
-    bottom_right = ops.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
+    top_left = ops.maximum(boxes_a[..., :, None, :2], boxes_b[..., None, :, :2])
+    bottom_right = ops.minimum(boxes_a[..., :, None, 2:], boxes_b[..., None, :, 2:])
     overlap = ops.prod(ops.maximum(bottom_right - top_left, 0.0), axis=-1)
-    union = box_area(boxes_a)[:, None] + box_area(boxes_b)[None, :] - overlap
+    union = box_area(boxes_a)[..., :, None] + box_area(boxes_b)[..., None, :] - overlap
     return ops.where(union > 0, overlap / ops.where(union > 0, union, 1.0), 0.0)
 
 

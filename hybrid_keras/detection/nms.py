@@ -15,22 +15,24 @@ from hybrid_keras.detection.boxes import box_iou
 
 
 def nms_keep_mask(boxes, scores, iou_threshold: float):
-    """``[N]`` booleans, in the input's order: which boxes greedy NMS keeps."""
+    """``[N]`` booleans, in the input's order: which boxes greedy NMS keeps. Leading batch axes
+    (``boxes [B, N, 4]``, ``scores [B, N]`` -> ``[B, N]``) run each image's NMS at once."""
     boxes = ops.cast(boxes, "float32")
     scores = ops.cast(scores, "float32")
     order = ops.argsort(-scores)
-    overlaps = box_iou(ops.take(boxes, order, axis=0), ops.take(boxes, order, axis=0)) > iou_threshold
-    count = ops.shape(scores)[0]
+    ranked = ops.take_along_axis(boxes, ops.broadcast_to(order[..., None], ops.shape(boxes)), axis=-2)
+    overlaps = box_iou(ranked, ranked) > iou_threshold
+    count = ops.shape(scores)[-1]
     later = ops.arange(count)[None, :] > ops.arange(count)[:, None]
-    suppresses = overlaps & later  # [i, j]: i, ranked above j, would suppress j
+    suppresses = overlaps & later  # [..., i, j]: i, ranked above j, would suppress j
 
     def visit(i, keep):
         # A box suppresses others only if it survived the boxes ranked above it.
-        row = ops.take(suppresses, i, axis=0) & ops.take(keep, i)
+        row = ops.take(suppresses, i, axis=-2) & ops.take(keep, i, axis=-1)[..., None]
         return keep & ~row
 
-    keep_sorted = ops.fori_loop(0, count, visit, ops.ones((count,), "bool"))
-    return ops.take(keep_sorted, ops.argsort(order))
+    keep_sorted = ops.fori_loop(0, count, visit, ops.ones(ops.shape(scores), "bool"))
+    return ops.take_along_axis(keep_sorted, ops.argsort(order), axis=-1)
 
 
 def non_max_suppression(boxes, scores, iou_threshold: float) -> np.ndarray:
