@@ -4,7 +4,7 @@ Two one-layer character models of the zoo with the same hidden size (``char_rnn`
 SimpleRNN with tanh; ``char_lstm``), each measured twice: at initialisation (Keras' defaults:
 Glorot-uniform input kernels, orthogonal recurrent kernels, zero biases, the LSTM's forget-gate
 bias 1) and after ``--steps`` training steps on the standard-library corpus (as in
-``char_lm.py``: 32 windows of 100 characters, Adam 2e-3, global norm clip 1.0).
+``char_lm.py``: 32 windows of 100 characters, Adam 4e-3, global norm clip 1.0).
 
 For ``--sequences`` windows of T = ``--length`` validation characters, the recurrent layer's
 cell is stepped by hand (``hybrid_keras.sequence.gradient_norms_through_time``); loss_T is the
@@ -121,7 +121,7 @@ def main(argv=None):
     vocabulary, ids, corpus = load_corpus(args)
     results = {"backend": keras.backend.backend(), "load_before": machine_load(),
                "config": vars(args) | {"stdlib": str(args.stdlib) if args.stdlib else None, "layers": 1,
-                                       "embedding_dim": 64, "optimizer": "Adam 2e-3, global_clipnorm 1.0",
+                                       "embedding_dim": 64, "optimizer": "Adam 4e-3, global_clipnorm 1.0",
                                        "batch": "32 windows of 100 characters"},
                "corpus_characters": corpus["characters"], "vocabulary_size": len(vocabulary), "models": {}}
     for name in MODELS:
@@ -130,7 +130,7 @@ def main(argv=None):
         entry = {"parameters": model.count_params(),
                  "initial": measure(model, ids["validation"], args.length, args.sequences, args.seed)}
         curve = train_char_model(model, ids["train"], steps=args.steps, batch_size=32, sequence_length=100,
-                                 learning_rate=2e-3, global_clipnorm=1.0, seed=args.seed)
+                                 learning_rate=4e-3, global_clipnorm=1.0, seed=args.seed)
         entry["training_bpc"] = curve["train_bpc"][-1]
         entry["validation_bpc"] = bits_per_character(model, ids["validation"][:30_000])
         entry["trained"] = measure(model, ids["validation"], args.length, args.sequences, args.seed)

@@ -107,9 +107,9 @@ def sample(model, vocabulary: CharVocabulary, *, prime: str = "\n", length: int 
     only the generated text. Characters of ``prime`` outside the vocabulary read as unknown."""
     if not isinstance(prime, str) or not prime:
         raise ValueError(f"prime must be a non-empty str (the text to continue). Received: prime={prime!r}")
-    if len(vocabulary) != CharStepper(model).vocabulary_size:
-        raise ValueError(f"vocabulary has {len(vocabulary)} ids but the model predicts "
-                         f"{CharStepper(model).vocabulary_size}. Received: {vocabulary!r}")
+    if len(vocabulary) != int(model.output_shape[-1]):
+        raise ValueError(f"vocabulary has {len(vocabulary)} ids but the model predicts {model.output_shape[-1]}. "
+                         f"Received: {vocabulary!r}")
     ids = sample_ids(model, vocabulary.encode(prime)[None, :], length, temperature=temperature, seed=seed)
     return vocabulary.decode(ids[0])
 
