@@ -92,6 +92,14 @@ def _batches(count: int, batch_size: int):
     return [slice(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
 
 
+def _chunk(count: int, batch_size: int) -> int:
+    """The batch size that splits ``count`` rows into as few batches as ``batch_size`` allows,
+    all (but for padding the last) equal: 82 rows at 64 go as 2 x 41, not 64 + 18 padded to 64."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
+    return -(-count // -(-count // batch_size))
+
+
 def _padded(images, part: slice, chunk: int):
     """``images[part]`` padded with copies of its first image to ``chunk`` rows: every batch one
     shape, so that backends that compile per shape (JAX) compile once. Rows past
@@ -145,7 +153,7 @@ def deconvnet(model, images, layer: str, *, channel: int | None = None, top_k: i
     forward = compiled(lambda x: tap(x, training=False), tap.variables)
     backward = gradient_function(lambda x, signal: (ops.sum(tap(x, training=False) * signal), ()), (0,), tap.variables)
     pixels, channels = [], []
-    chunk = min(batch_size, len(images))
+    chunk = _chunk(len(images), batch_size)
     for part in _batches(len(images), chunk):
         x, count = _padded(images, part, chunk), part.stop - part.start
         activations = forward(x)
@@ -216,7 +224,7 @@ def occlusion(model, images, *, size: int | None = None, stride: int | None = No
     rows = np.arange(0, height - size + 1, stride)
     cols = np.arange(0, width - size + 1, stride)
     corners = [None] + [(r, c) for r in rows for c in cols]  # None: the image unoccluded
-    chunk = min(batch_size, len(corners))
+    chunk = _chunk(len(corners), batch_size)
 
     def class_probabilities(x):
         outputs = model(x, training=False)
@@ -319,7 +327,7 @@ def grad_cam(model, images, *, layer: str | None = None, class_index=None, batch
 
     gradients = gradient_function(class_score, (1,), net.variables)
     cams, classes = [], []
-    chunk = min(batch_size, len(images))
+    chunk = _chunk(len(images), batch_size)
     for part in _batches(len(images), chunk):
         x, count = _padded(images, part, chunk), part.stop - part.start
         shape = (len(x),) + (feature_shape if before is None else tuple(ops.shape(before(x, training=False))[1:]))
