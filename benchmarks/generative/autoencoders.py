@@ -35,11 +35,13 @@ AE / VAE / noisy input / AE on it / DAE on it), VAE samples, and latent interpol
 held-out images of different classes (VAE and AE rows).
 
     python benchmarks/generative/autoencoders.py [--dataset mnist|cifar10|all] [--quick] [--data ../shared/data]
+    python benchmarks/generative/autoencoders.py --table   # the README's tables from the results JSON
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -62,7 +64,7 @@ SETTINGS = {
               "noise_stddev": 0.3, "mask_fraction": 0.0, "batch_size": 128, "learning_rate": 1e-3,
               "epochs": {"autoencoder": 4, "denoising_autoencoder": 4, "vae": 6}, "warmup_epochs": 2},
     "cifar10": {"latent_dim": 64, "vae_latent_dim": 32, "reconstruction": "gaussian", "sigma": 0.1,
-                "noise_stddev": 0.1, "mask_fraction": 0.0, "batch_size": 64, "learning_rate": 2e-3,
+                "noise_stddev": 0.2, "mask_fraction": 0.0, "batch_size": 64, "learning_rate": 2e-3,
                 "epochs": {"autoencoder": 20, "denoising_autoencoder": 20, "vae": 30}, "warmup_epochs": 5},
 }
 QUICK_EPOCHS = {"mnist": {"autoencoder": 1, "denoising_autoencoder": 1, "vae": 2},
@@ -140,7 +142,7 @@ def pair_indices(labels: np.ndarray, count: int, seed: int) -> list[tuple[int, i
 
 def interpolations(models: dict, held_out: np.ndarray, pairs, steps: int = 10) -> list[tuple[str, np.ndarray]]:
     """Rows of ``steps`` images decoded along the straight line between two held-out images'
-    codes (the VAE's posterior means, the autoencoder's codes)."""
+    codes (the VAE's posterior means, the autoencoder's codes), between the two real images."""
     from keras import ops
 
     rows = []
@@ -151,8 +153,26 @@ def interpolations(models: dict, held_out: np.ndarray, pairs, steps: int = 10) -
             code = model.encode(ends)
             code = ops.convert_to_numpy(code[0] if title == "VAE" else code)
             line = (1 - weights) * code[0] + weights * code[1]
-            rows.append((title, ops.convert_to_numpy(model.decode(line))))
+            rows.append((title, np.concatenate([ends[:1], ops.convert_to_numpy(model.decode(line)), ends[1:]])))
     return rows
+
+
+class Phases:
+    """Wall seconds of each named phase of the evaluation, printed as they end (progress)."""
+
+    def __init__(self, dataset: str):
+        self.dataset, self.seconds = dataset, {}
+
+    def __call__(self, name: str):
+        phases = self
+
+        class Phase(Timer):
+            def __exit__(self, *exc):
+                super().__exit__(*exc)
+                phases.seconds[name] = self.wall
+                print(f"[{phases.dataset}] {name}: {self.wall:.0f} s", flush=True)
+
+        return Phase()
 
 
 def evaluate(dataset: str, data: dict, models: dict, settings: dict, args) -> tuple[dict, dict]:
@@ -160,23 +180,25 @@ def evaluate(dataset: str, data: dict, models: dict, settings: dict, args) -> tu
 
     from hybrid_keras.generative import elbo_per_image, frechet_distance, memorisation_report
 
+    phase = Phases(dataset)
     (train_x, _), (test_x, test_y) = data["train"], data["held_out"]
     ae, dae, vae = models["autoencoder"], models["denoising_autoencoder"], models["vae"]
-    outputs = {"AE": batched(ae.reconstruct, test_x), "DAE": batched(dae.reconstruct, test_x),
-               "VAE": batched(vae.reconstruct, test_x)}
+    with phase("reconstructions"):
+        outputs = {"AE": batched(ae.reconstruct, test_x), "DAE": batched(dae.reconstruct, test_x),
+                   "VAE": batched(vae.reconstruct, test_x)}
+        noisy = corrupt(test_x, settings, args.seed + 1)
+        denoised = {"AE": batched(ae.reconstruct, noisy), "DAE": batched(dae.reconstruct, noisy)}
     results = {"reconstruction": {name: reconstruction_error(test_x, out) for name, out in outputs.items()}}
-
-    noisy = corrupt(test_x, settings, args.seed + 1)
-    denoised = {"AE": batched(ae.reconstruct, noisy), "DAE": batched(dae.reconstruct, noisy)}
     results["denoising"] = {"corruption": {"noise_stddev": settings["noise_stddev"],
                                            "mask_fraction": settings["mask_fraction"]},
                             "noisy_input": reconstruction_error(test_x, noisy),
                             **{name: reconstruction_error(test_x, out) for name, out in denoised.items()}}
 
     elbo = {}
-    for split, images in (("held_out", test_x), ("train", train_x[:len(test_x)])):
-        terms = elbo_per_image(vae, images, samples=ELBO_SAMPLES, seed=args.seed)
-        elbo[split] = {key: float(values.mean()) for key, values in terms.items()}
+    with phase("ELBO"):
+        for split, images in (("held_out", test_x), ("train", train_x[:len(test_x)])):
+            terms = elbo_per_image(vae, images, samples=ELBO_SAMPLES, seed=args.seed)
+            elbo[split] = {key: float(values.mean()) for key, values in terms.items()}
     pixels = int(np.prod(test_x.shape[1:]))
     elbo["nats_per_dimension_held_out"] = -elbo["held_out"]["elbo"] / pixels
     elbo["samples_of_z_per_image"] = ELBO_SAMPLES
@@ -186,22 +208,25 @@ def evaluate(dataset: str, data: dict, models: dict, settings: dict, args) -> tu
 
     count = len(test_x)
     samples = ops.convert_to_numpy(vae.sample(count, seed=args.seed))
-    extractor = feature_extractor(dataset, args.data, quick=args.quick)
-    real = extract(extractor, test_x)
-    candidates = {"vae_samples": samples, "vae_reconstructions": outputs["VAE"], "ae_reconstructions": outputs["AE"],
-                  "real_training_images": train_x[:count]}
-    card = classifier_card(dataset, args.data, quick=args.quick)
-    results["frechet_distance"] = {
-        "features": f"{card['backbone']}; {card['features']} penultimate features; held-out accuracy "
-                    f"{card['held_out_accuracy']:.4f}",
-        "images_per_set": count, "against": "held-out real images",
-        **{name: frechet_distance(extract(extractor, images), real) for name, images in candidates.items()}}
-    # Pixel distances favour blurry images (they sit near many training images), so beside the
-    # held-out real images the VAE's reconstructions of them are a blur-matched reference: new
-    # images by construction, as blurry as the samples.
-    results["memorisation_vae_samples"] = {
-        "against_held_out_images": memorisation_report(samples, train_x, test_x),
-        "against_vae_reconstructions_of_held_out": memorisation_report(samples, train_x, outputs["VAE"])}
+    with phase("Frechet distances"):
+        extractor = feature_extractor(dataset, args.data, quick=args.quick)
+        real = extract(extractor, test_x)
+        candidates = {"vae_samples": samples, "vae_reconstructions": outputs["VAE"], "ae_reconstructions": outputs["AE"],
+                      "real_training_images": train_x[:count]}
+        card = classifier_card(dataset, args.data, quick=args.quick)
+        results["frechet_distance"] = {
+            "features": f"{card['backbone']}; {card['features']} penultimate features; held-out accuracy "
+                        f"{card['held_out_accuracy']:.4f}",
+            "images_per_set": count, "against": "held-out real images",
+            **{name: frechet_distance(extract(extractor, images), real) for name, images in candidates.items()}}
+    with phase("memorisation"):
+        # Pixel distances favour blurry images (they sit near many training images), so beside the
+        # held-out real images the VAE's reconstructions of them are a blur-matched reference: new
+        # images by construction, as blurry as the samples.
+        results["memorisation_vae_samples"] = {
+            "against_held_out_images": memorisation_report(samples, train_x, test_x),
+            "against_vae_reconstructions_of_held_out": memorisation_report(samples, train_x, outputs["VAE"])}
+    results["evaluation_seconds"] = phase.seconds
     pictures = {"inputs": test_x, "outputs": outputs, "noisy": noisy, "denoised": denoised, "samples": samples,
                 "interpolations": interpolations(models, test_x, pair_indices(test_y, 4, args.seed))}
     return results, pictures
@@ -249,9 +274,49 @@ def draw(dataset: str, pictures: dict, results_dir: Path) -> list[str]:
     samples = pictures["samples"][:80]
     _grid([("", samples[i:i + 10]) for i in range(0, len(samples), 10)], f"{dataset}: VAE samples, z ~ N(0, I)",
           Path(f"{stem}_samples.png"))
-    _grid(pictures["interpolations"], f"{dataset}: decoded along the line between two held-out images' codes",
+    _grid(pictures["interpolations"], f"{dataset}: two held-out images (first, last) and decodings along the line "
+          "between their codes",
           Path(f"{stem}_interpolations.png"))
     return [f"{stem.name}_{kind}.png" for kind in ("reconstructions", "samples", "interpolations")]
+
+
+def table(results: dict) -> str:
+    """The README's tables (Markdown) from a results JSON of this script."""
+    lines = ["| set | model | epochs | held-out MSE | PSNR (dB) | PSNR on noisy input (dB) |", "|---|---|---|---|---|---|"]
+    for dataset in DATASETS:
+        if dataset not in results:
+            continue
+        entry = results[dataset]
+        noisy = entry["denoising"]
+        lines.append(f"| {dataset} | noisy input (corruption) | | {noisy['noisy_input']['mse']:.4f} | "
+                     f"{noisy['noisy_input']['psnr_db']:.2f} | |")
+        for key, name in (("autoencoder", "AE"), ("denoising_autoencoder", "DAE"), ("vae", "VAE")):
+            error = entry["reconstruction"][name]
+            on_noisy = f"{noisy[name]['psnr_db']:.2f}" if name in noisy else ""
+            lines.append(f"| {dataset} | {name} | {entry['training'][key]['epochs']} | {error['mse']:.4f} | "
+                         f"{error['psnr_db']:.2f} | {on_noisy} |")
+    lines += ["", "| set | VAE ELBO, held-out (nats/image) | reconstruction | KL | ELBO, training images | "
+              "FD: VAE samples | FD: VAE recon. | FD: AE recon. | FD: real training images |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for dataset in DATASETS:
+        if dataset not in results:
+            continue
+        elbo, fd = results[dataset]["vae_elbo"], results[dataset]["frechet_distance"]
+        lines.append(f"| {dataset} ({elbo['likelihood']}) | {elbo['held_out']['elbo']:.1f} | "
+                     f"{elbo['held_out']['reconstruction']:.1f} | {elbo['held_out']['kl']:.1f} | "
+                     f"{elbo['train']['elbo']:.1f} | {fd['vae_samples']:.3g} | {fd['vae_reconstructions']:.3g} | "
+                     f"{fd['ae_reconstructions']:.3g} | {fd['real_training_images']:.3g} |")
+    lines += ["", "| set | reference | median distance: samples / reference | fraction of samples closer than the "
+              "reference's 5th percentile | samples closer than any reference image |", "|---|---|---|---|---|"]
+    for dataset in DATASETS:
+        if dataset not in results:
+            continue
+        for key, title in (("against_held_out_images", "held-out images"),
+                           ("against_vae_reconstructions_of_held_out", "VAE reconstructions of held-out images")):
+            report = results[dataset]["memorisation_vae_samples"][key]
+            lines.append(f"| {dataset} | {title} | {report['median_ratio']:.2f} | {report['fraction_closer']:.3f} | "
+                         f"{report['closer_than_any_held_out']} of {report['samples']} |")
+    return "\n".join(lines)
 
 
 def run(dataset: str, args) -> dict:
@@ -274,14 +339,19 @@ def run(dataset: str, args) -> dict:
 
 
 def main(argv=None) -> int:
-    import keras
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=DATASETS + ("all",), default="all")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="fewer images and epochs; results into a temporary folder")
+    parser.add_argument("--table", type=Path, nargs="?", const=RESULTS_DIR / "autoencoders.json",
+                        help="print the README's tables from a results JSON (default: the committed one) and exit")
     args = parser.parse_args(argv)
+    if args.table is not None:
+        print(table(json.loads(args.table.read_text())))
+        return 0
+    import keras
+
     results = {"machine": machine(), "backend": keras.backend.backend(), "quick": args.quick, "seed": args.seed,
                "load_before": machine_load()}
     with Timer() as timer:
