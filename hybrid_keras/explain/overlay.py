@@ -181,6 +181,8 @@ def explain_images(model, image_paths, out_dir, method: str = "gradcam", **optio
     """
     import keras
 
+    import hybrid_keras.layers  # noqa: F401  (registers the zoo's layers, so .keras files of zoo models load)
+
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}. Received: method={method!r}")
     if isinstance(model, (str, Path)):
