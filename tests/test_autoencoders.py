@@ -92,19 +92,17 @@ def test_corruption_is_active_only_in_training():
 
 # ----------------------------------------------------------------------------- training on every backend
 
-@pytest.mark.parametrize("name,shape", [pytest.param("denoising_autoencoder", (8, 8, 3), marks=agnostic),
-                                        pytest.param("vae", (8, 8, 1), marks=agnostic),
-                                        ("autoencoder", (8, 8, 1))])  # the denoising one's loss, TensorFlow only
-def test_a_few_steps_lower_the_loss(name, shape):
-    images = _blobs(16, shape).astype(np.float32)
-    seeded = {} if name == "autoencoder" else {"seed": 2}
-    model = zoo.load(name, input_shape=shape, **seeded, **TINY)
+@agnostic
+@pytest.mark.parametrize("name", ["denoising_autoencoder", "vae"])  # the plain autoencoder's loss is the first's
+def test_a_few_steps_lower_the_loss(name):
+    images = _blobs(16, (8, 8, 1)).astype(np.float32)
+    model = zoo.load(name, input_shape=(8, 8, 1), seed=2, **TINY)
     # Plain SGD: the smallest training step to compile under JAX. Under TensorFlow, tracing the
     # step into a graph takes longer than running three steps of this tiny model eagerly.
     model.compile(optimizer=keras.optimizers.SGD(1e-3), run_eagerly=keras.backend.backend() == "tensorflow")
     callbacks = [KLWarmup(2)] if name == "vae" else []
     history = model.fit(images, epochs=3, batch_size=16, callbacks=callbacks, verbose=0).history  # one step per epoch
-    if name != "vae":
+    if name != "vae":  # the loss on corrupted inputs, against the clean ones
         assert history["loss"][0] > history["loss"][1] > history["loss"][2]
         return
     # -ELBO falls whatever the KL weight; the loss is reconstruction + weight * KL with the
@@ -119,7 +117,7 @@ def test_a_few_steps_lower_the_loss(name, shape):
 
 # ----------------------------------------------------------------------------- TensorFlow only
 
-@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (30, 27, 3)])
+@pytest.mark.parametrize("shape", [(28, 28, 1), (30, 27, 3)])  # the default; colour at a size that needs cropping
 def test_shapes(shape):
     images = np.zeros((2, *shape), np.float32)
     for name in ("autoencoder", "denoising_autoencoder", "vae"):
