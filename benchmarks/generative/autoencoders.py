@@ -52,8 +52,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, Timer, machine, machine_load, save_figure, write_json  # noqa: E402
-from benchmarks.generative.feature_classifier import DATASETS, classifier_card, extract, feature_extractor, load_images  # noqa: E402
+from benchmarks.common import (DEFAULT_DATA_DIR, RESULTS_DIR, Timer, machine, machine_load, save_figure,  # noqa: E402
+                               write_json)
+from benchmarks.generative.feature_classifier import (DATASETS, classifier_card, extract, feature_extractor,  # noqa: E402
+                                                      load_images)
 
 QUICK_RESULTS_DIR = Path(tempfile.gettempdir()) / "hybrid_keras_quick"
 ELBO_SAMPLES = 5
