@@ -230,6 +230,21 @@ def test_bad_input_is_refused():
         occlusion(model, np.zeros((1, 8, 8, 2), "float32"), size=9)
 
 
+def test_rewire_reaches_nested_models():
+    inner_input = keras.Input((8, 8, 4))
+    inner = keras.Model(inner_input, layers.ReLU(name="deep")(layers.Conv2D(4, 3, padding="same")(inner_input)))
+    stack = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(4, 3, padding="same", activation="relu"), inner],
+                             name="stack")
+    x = keras.Input((8, 8, 3))
+    model = keras.Model(x, layers.Dense(2)(layers.GlobalAveragePooling2D()(stack(x))))
+    copy = explain.rewire(model, "guided", layer="stack")
+    copied_stack = copy.get_layer("stack")
+    assert isinstance(copied_stack.layers[-1].layers[-1], RectifiedReLU)  # two models deep
+    assert copied_stack.layers[0].__class__.__name__ == "_CallWithActivation"  # activation="relu"
+    images = np.random.default_rng(3).uniform(0, 1, (2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(copy(images)[1]), ops.convert_to_numpy(model(images)), atol=1e-6)
+
+
 def test_deconvnet_on_a_branching_zoo_model():
     """MobileNetV2 (residual adds, ReLU6 layers, batch norm, Preprocessing) at 32x32: the copy
     shares the weights and computes the same output; projections have the input's shape."""

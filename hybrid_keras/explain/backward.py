@@ -228,8 +228,11 @@ def rewire(model, rule: str = "deconvnet", *, layer: str | None = None, probe: b
         return replacement
 
     def _replacement(original):
-        if isinstance(original, keras.Model):
-            return original
+        if isinstance(original, keras.Model):  # a nested model: rewired the same way, at any depth
+            try:
+                return keras.models.clone_model(original, clone_function=clone_function)
+            except ValueError:  # a subclassed model has no graph to copy: it stays as it is
+                return original
         if original is last and getattr(getattr(original, "activation", None), "__name__", None) == "softmax":
             if isinstance(original, keras.layers.Activation):
                 return keras.layers.Identity(name=original.name)
@@ -248,8 +251,7 @@ def rewire(model, rule: str = "deconvnet", *, layer: str | None = None, probe: b
 
     def call_function(operation, *args, **kwargs):
         outputs = operation(*args, **kwargs)
-        if target is not None and "tap" not in taps and (operation is replacements.get(id(target)) or (
-                isinstance(target, keras.Model) and isinstance(operation, keras.Model) and operation.name == layer)):
+        if target is not None and "tap" not in taps and operation is replacements.get(id(target)):
             if probe:
                 taps["probe"] = keras.Input(batch_shape=outputs.shape, dtype=outputs.dtype, name="probe")
                 outputs = keras.layers.Add(name=f"{layer}_probe")([outputs, taps["probe"]])
@@ -257,7 +259,7 @@ def rewire(model, rule: str = "deconvnet", *, layer: str | None = None, probe: b
         return outputs
 
     copy = keras.models.clone_model(model, input_tensors=image, clone_function=clone_function,
-                                    call_function=call_function, recursive=True)
+                                    call_function=call_function)
     if layer is None:
         return keras.Model(image, copy.outputs[0], name=f"{model.name}_{rule}")
     if "tap" not in taps:
