@@ -9,6 +9,7 @@ import keras
 
 from hybrid_keras.detection import FasterRCNN, anchor_grid, detect, propose
 from hybrid_keras.detection.targets import proposal_targets
+from hybrid_keras.layers import Preprocessing
 
 agnostic = pytest.mark.backend_agnostic
 SIZE = 64
@@ -22,6 +23,16 @@ GT_LABELS = np.array([[0, -1], [1, 0]], np.int32)
 
 def _numpy(x):
     return keras.ops.convert_to_numpy(x)
+
+
+def _compiled(fn):
+    """``fn`` under ``jax.jit`` on JAX: one XLA compilation instead of one per operation (eager JAX
+    compiles each new operation and shape), and proof that the shapes are static."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.jit(fn)
+    return fn
 
 
 def _decode(deltas, references, weights):
@@ -58,8 +69,8 @@ def test_proposals_match_a_numpy_reference():
     objectness = rng.permutation(72).reshape(2, 36).astype(np.float32) / 10  # distinct scores per image
     deltas = rng.normal(0, 0.4, size=(2, 36, 4)).astype(np.float32)
     deltas[:, ::7, 2] = -6.0  # some boxes too narrow to keep
-    boxes, valid = propose(objectness, deltas, anchors, image_size=(32, 48), pre_nms_top_n=20, post_nms_top_n=8,
-                           nms_threshold=0.5, min_size=2.0)
+    boxes, valid = _compiled(lambda o, d: propose(o, d, anchors, image_size=(32, 48), pre_nms_top_n=20,
+                                                  post_nms_top_n=8, nms_threshold=0.5, min_size=2.0))(objectness, deltas)
     boxes, valid = _numpy(boxes), _numpy(valid)
     for image in range(2):
         order = np.argsort(-objectness[image], kind="stable")[:20]
@@ -82,8 +93,9 @@ def test_detections_match_a_numpy_reference():
     valid[0, 8] = False
     logits = rng.normal(0, 1.5, size=(1, 9, 3)).astype(np.float32)
     deltas = rng.normal(0, 1.0, size=(1, 9, 12)).astype(np.float32)
-    out = {k: _numpy(v) for k, v in detect(proposals, valid, logits, deltas, image_size=(40, 56), score_threshold=0.2,
-                                           nms_threshold=0.4, candidates=12, max_detections=6).items()}
+    out = _compiled(lambda *args: detect(*args, image_size=(40, 56), score_threshold=0.2, nms_threshold=0.4,
+                                         candidates=12, max_detections=6))(proposals, valid, logits, deltas)
+    out = {k: _numpy(v) for k, v in out.items()}
     scores = np.exp(logits[0]) / np.exp(logits[0]).sum(-1, keepdims=True)
     rows = []
     for c in (1, 2):
@@ -109,8 +121,8 @@ def test_proposal_targets_by_hand():
     gt_labels = np.array([[1, -1]], np.int32)
     proposals = np.array([[[10, 10, 30, 32], [40, 40, 60, 60], [0, 0, 0, 0]]], np.float32)  # IoU 0.91, 0, padding
     valid = np.array([[True, True, False]])
-    boxes, classes, weights, deltas = (_numpy(v) for v in proposal_targets(
-        proposals, valid, gt_boxes, gt_labels, batch_size=8, positive_fraction=0.5, seed=0))
+    boxes, classes, weights, deltas = (_numpy(v) for v in _compiled(lambda *args: proposal_targets(
+        *args, batch_size=8, positive_fraction=0.5, seed=0))(proposals, valid, gt_boxes, gt_labels))
     sampled = {tuple(b): (c, d) for b, c, w, d in zip(boxes[0], classes[0], weights[0], deltas[0]) if w}
     assert set(sampled) == {(10, 10, 30, 32), (40, 40, 60, 60), (10, 10, 30, 30)}  # not the padding rows
     assert sampled[(10, 10, 30, 32)][0] == 2 and sampled[(10, 10, 30, 30)][0] == 2 and sampled[(40, 40, 60, 60)][0] == 0
@@ -122,7 +134,7 @@ def test_proposal_targets_by_hand():
 
 def _tiny_backbone():
     images = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(images)
+    x = Preprocessing("tf", name="preprocessing")(images)  # to [-1, 1], as MobileNetV2's
     x = keras.layers.Conv2D(8, 3, strides=4, padding="same", activation="relu")(x)
     x = keras.layers.Conv2D(16, 3, strides=4, padding="same", activation="relu")(x)
     return keras.Model(images, x, name="tiny_stride16")
@@ -153,14 +165,27 @@ def _check_dictionary(out, classes, max_detections):
 
 
 @agnostic
-def test_zoo_faster_rcnn_returns_the_detection_dictionary():
+def test_forward_returns_the_detection_dictionary():
+    model = _tiny()
+    out = _compiled(lambda images: model(images))(_images())
+    _check_dictionary({k: _numpy(v) for k, v in out.items()}, 2, TINY["max_detections"])
+
+
+def test_zoo_faster_rcnn_on_mobilenet_v2_and_its_weights_file(tmp_path):
     import zoo
 
-    model = zoo.load("faster_rcnn", backbone="mobilenet_v2", alpha=0.35, classes=2, input_shape=(SIZE, SIZE, 3),
-                     **TINY)
-    assert model.feature_shape == (4, 4, 32) and model.anchor_offset == 15.5  # MobileNetV2's stride-16 cells
-    out = {k: _numpy(v) for k, v in model(_images()).items()}
-    _check_dictionary(out, 2, TINY["max_detections"])
+    arguments = dict(backbone="mobilenet_v2", alpha=0.35, classes=2, input_shape=(SIZE, SIZE, 3), **TINY)
+    model = zoo.load("faster_rcnn", **arguments)
+    # MobileNetV2's stride-16 map (block_12_add, 96 x 0.35 -> 32 channels); keras.applications pads
+    # stride-2 convolutions bottom/right, so cell i is centred on pixel 16 i + 15 (its middle at + 0.5).
+    assert model.feature_shape == (4, 4, 32) and model.anchor_offset == 15.5 and model.roi_shift == 7.5
+    images = _images()
+    expected = {k: _numpy(v) for k, v in model(images).items()}
+    _check_dictionary(expected, 2, TINY["max_detections"])
+    model.save_weights(tmp_path / "detector.weights.h5")
+    again = zoo.load("faster_rcnn", weights=str(tmp_path / "detector.weights.h5"), **arguments)
+    for name, value in again(images).items():
+        np.testing.assert_allclose(_numpy(value), expected[name], atol=1e-6)
 
 
 def _loss_terms(model, x):
@@ -202,23 +227,18 @@ def test_fast_rcnn_training_lowers_the_head_losses():
     assert tuple(out["detection_boxes"].shape) == (1, TINY["max_detections"], 4)
 
 
-def test_keras_file_and_zoo_weights_round_trip(tmp_path):
-    import zoo
-
-    model = zoo.load("faster_rcnn", alpha=0.35, classes=2, input_shape=(SIZE, SIZE, 3), **TINY)
+def test_keras_file_round_trip(tmp_path):
+    model = _tiny()
     model.get_layer("class_logits").kernel.assign(np.random.default_rng(3).normal(size=(16, 3)).astype("float32"))
     images = _images(1)
     expected = {k: _numpy(v) for k, v in model(images).items()}
     model.save(tmp_path / "detector.keras")
     reloaded = keras.saving.load_model(tmp_path / "detector.keras")
+    assert isinstance(reloaded, FasterRCNN) and reloaded.anchors.shape == model.anchors.shape
     assert {k: v for k, v in reloaded.get_config().items() if k != "backbone"} == {
         k: v for k, v in model.get_config().items() if k != "backbone"}
     for name, value in reloaded(images).items():
         np.testing.assert_allclose(_numpy(value), expected[name], atol=1e-6)
-    model.save_weights(tmp_path / "detector.weights.h5")
-    again = zoo.load("faster_rcnn", alpha=0.35, classes=2, input_shape=(SIZE, SIZE, 3),
-                     weights=str(tmp_path / "detector.weights.h5"), **TINY)
-    np.testing.assert_allclose(_numpy(again(images)["detection_scores"]), expected["detection_scores"], atol=1e-6)
 
 
 def test_bad_arguments_and_inputs():
@@ -241,27 +261,22 @@ def test_bad_arguments_and_inputs():
         _tiny(rpn=False)(_images(1))
 
 
-def _examples(boxes, labels, images=None):
-    import tensorflow as tf
-
-    images = images if images is not None else [np.full((40, 80, 3), 7, np.uint8), np.full((60, 30, 3), 9, np.uint8)]
-    return tf.data.Dataset.from_generator(
-        lambda: ({"image": i, "objects": {"bbox": np.asarray(b, np.float32).reshape(-1, 4),
-                                          "label": np.asarray(l, np.int64)}} for i, b, l in zip(images, boxes, labels)),
-        output_signature={"image": tf.TensorSpec((None, None, images[0].shape[-1]), tf.uint8),
-                          "objects": {"bbox": tf.TensorSpec((None, 4), tf.float32),
-                                      "label": tf.TensorSpec((None,), tf.int64)}})
+def _example(image, boxes, labels):
+    return {"image": image, "objects": {"bbox": np.asarray(boxes, np.float32).reshape(-1, 4),
+                                        "label": np.asarray(labels, np.int64)}}
 
 
 def test_detection_batches_letterbox_pad_and_check():
     import tensorflow as tf
 
     from hybrid_keras.detection import detection_batches, restore_boxes
+    from hybrid_keras.detection.data import detection_example
 
     boxes = [[[0.25, 0.5, 0.75, 1.5], [0.0, 0.0, 0.001, 0.5]], [[0.1, 0.2, 0.6, 0.8]]]  # 1.5: clipped; row 2: < 1 px
-    batches = detection_batches(_examples(boxes, [[1, 0], [2]]), image_size=(64, 64), batch_size=2, classes=3,
-                                max_boxes=3)
-    images, targets = next(iter(batches))
+    wide, tall = np.full((40, 80, 3), 7, np.uint8), np.full((60, 30, 3), 9, np.uint8)
+    dataset = tf.data.Dataset.from_tensors(_example(wide, boxes[0], [1, 0])).concatenate(
+        tf.data.Dataset.from_tensors(_example(tall, boxes[1], [2])))  # images of two sizes: shape (None, None, 3)
+    images, targets = next(iter(detection_batches(dataset, image_size=(64, 64), batch_size=2, classes=3, max_boxes=3)))
     assert images.dtype == tf.uint8 and tuple(images.shape) == (2, 64, 64, 3)
     # 40x80 -> 32x64 (padded below), 60x30 -> 64x32 (padded right).
     assert int(images[0, 31, 0, 0]) == 7 and int(images[0, 32, 0, 0]) == 0
@@ -273,18 +288,21 @@ def test_detection_batches_letterbox_pad_and_check():
     restored = restore_boxes([[[8 / 64, 32 / 64, 24 / 64, 64 / 64]]], [32, 64], (64, 64))
     np.testing.assert_allclose(restored.numpy(), [[[0.25, 0.5, 0.75, 1.0]]], atol=1e-6)
 
-    def first(boxes, labels, **kwargs):
-        return next(iter(detection_batches(_examples(boxes, labels, **kwargs), image_size=(64, 64), batch_size=1,
-                                           classes=3, max_boxes=2)))
+    def check(boxes, labels, image=wide):
+        example = tf.nest.map_structure(tf.constant, _example(image, boxes, labels))
+        return detection_example(example, image_size=(64, 64), classes=3, max_boxes=2)
 
     with pytest.raises(tf.errors.InvalidArgumentError, match="ymax >= ymin and xmax >= xmin"):
-        first([[[0.2, 0.6, 0.5, 0.4]]], [[0]])  # xmax < xmin
+        check([[0.2, 0.6, 0.5, 0.4]], [0])  # xmax < xmin
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"label must be in \[0, 3\)"):
-        first([[[0.2, 0.2, 0.5, 0.4]]], [[3]])
+        check([[0.2, 0.2, 0.5, 0.4]], [3])
     with pytest.raises(tf.errors.InvalidArgumentError, match="more objects than max_boxes=2"):
-        first([[[0.2, 0.2, 0.5, 0.4]] * 3], [[0, 0, 0]])
-    with pytest.raises(ValueError, match=r"RGB images \[H, W, 3\].*Received: shape \(None, None, 1\)"):
-        first([[[0.2, 0.2, 0.5, 0.4]]], [[0]], images=[np.zeros((9, 9, 1), np.uint8)])
+        check([[0.2, 0.2, 0.5, 0.4]] * 3, [0, 0, 0])
+    with pytest.raises(ValueError, match=r"RGB images \[H, W, 3\].*Received: shape \(9, 9, 1\)"):
+        check([[0.2, 0.2, 0.5, 0.4]], [0], image=np.zeros((9, 9, 1), np.uint8))
+    gray = tf.data.Dataset.from_tensors(_example(np.zeros((9, 9, 1), np.uint8), [[0.2, 0.2, 0.5, 0.4]], [0]))
+    with pytest.raises(ValueError, match=r"RGB images \[H, W, 3\].*Received: shape \(9, 9, 1\)"):
+        detection_batches(gray, image_size=(64, 64), batch_size=1, classes=3)
 
 
 def test_export_serves_any_size_uint8_and_encoded_images(tmp_path):

@@ -125,6 +125,7 @@ def detection_batches(dataset, *, image_size, batch_size: int, classes: int, max
         raise ValueError(f"{image_key} must be RGB images [H, W, 3] (convert grayscale with "
                          f"tf.image.grayscale_to_rgb). Received: shape {image_spec.shape}")
 
+    @tf.autograph.experimental.do_not_convert  # no tensor-dependent Python control flow: skip autograph's slow rewrite
     def convert(example):
         return detection_example(example, image_size=image_size, classes=classes, max_boxes=max_boxes,
                                  image_key=image_key, objects_key=objects_key)

@@ -62,7 +62,8 @@ def propose(objectness, deltas, anchors, *, image_size, pre_nms_top_n: int, post
     valid [B, post])``; rows past the survivors are not valid (their boxes are whatever
     remained). No gradient flows back.
     """
-    objectness, deltas = ops.stop_gradient(objectness), ops.stop_gradient(deltas)
+    objectness = ops.stop_gradient(ops.convert_to_tensor(objectness, "float32"))
+    deltas = ops.stop_gradient(ops.convert_to_tensor(deltas, "float32"))
     count = objectness.shape[1]
     pre = min(pre_nms_top_n, count)
     post = min(post_nms_top_n, pre)
@@ -280,8 +281,10 @@ class FasterRCNN(keras.Model):
                              "resized and padded to the model's size: hybrid_keras.detection.data.letterbox). "
                              f"Received: shape {tuple(images.shape)}")
 
-    def forward(self, inputs, training=False):
-        """The parts of a forward pass that training needs: ``{"features", "proposals",
+    def first_stage(self, inputs, training=False):
+        """The backbone and the proposals (the RPN's, or the input's): the parts of a forward pass
+        that training needs (not named ``forward``, which is PyTorch's ``Module.forward``):
+        ``{"features", "proposals",
         "proposal_valid"}`` and, with an RPN, ``"rpn_objectness" [B, N]``, ``"rpn_deltas" [B, N, 4]``."""
         images, proposals = self._split_inputs(inputs)
         images = ops.convert_to_tensor(images)
@@ -319,7 +322,7 @@ class FasterRCNN(keras.Model):
         return self.class_logits(x), self.box_deltas(x)
 
     def call(self, inputs, training=False):
-        outputs = self.forward(inputs, training=training)
+        outputs = self.first_stage(inputs, training=training)
         if training:
             return outputs
         logits, deltas = self.head(outputs["features"], outputs["proposals"])
@@ -343,7 +346,7 @@ class FasterRCNN(keras.Model):
         if sample_weight is not None:
             raise ValueError("sample_weight is not supported by detection models. Received: a sample_weight")
         if "features" not in y_pred:  # evaluate() calls the model in inference mode
-            y_pred = self.forward(x, training=False)
+            y_pred = self.first_stage(x, training=False)
         gt_boxes, gt_labels = ops.cast(y["boxes"], "float32"), ops.cast(y["labels"], "int32")
         terms = {}
         if self.rpn:

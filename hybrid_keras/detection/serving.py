@@ -101,14 +101,15 @@ def export_detection_model(model, path, *, verify: bool = True, verify_inputs=No
     check = None
     if verify:
         def check(staging):
-            verify_detection_export(model, staging, inputs=verify_inputs)
+            verify_detection_export(model, staging, inputs=verify_inputs, run=run)
     return write_archive(archive, path, metadata, check, verbose=verbose)
 
 
-def verify_detection_export(model, path, *, inputs=None, seed: int = 0) -> dict:
+def verify_detection_export(model, path, *, inputs=None, seed: int = 0, run=None) -> dict:
     """Serve ``inputs`` (uint8 batches, default random ones at :data:`VERIFY_SIZES`) through every
     signature of the SavedModel at ``path`` in a fresh TensorFlow-only process and compare with
-    the Keras model. Returns ``{signature/output/case: max relative difference}``; raises
+    the Keras model (through ``run``, the export's own letterboxing function, when given: it is
+    traced already). Returns ``{signature/output/case: max relative difference}``; raises
     ``ExportVerificationError`` above 1e-5."""
     import tensorflow as tf
 
@@ -118,7 +119,7 @@ def verify_detection_export(model, path, *, inputs=None, seed: int = 0) -> dict:
     if inputs is None:
         rng = np.random.default_rng(seed)
         inputs = [rng.integers(0, 256, size=(1, h, w, model.image_shape[2]), dtype=np.uint8) for h, w in VERIFY_SIZES]
-    run = _serving_functions(model)[0]
+    run = run or _serving_functions(model)[0]
     signature_inputs, expected = {}, {}
     for case, images in enumerate(inputs):
         images = np.asarray(images)
