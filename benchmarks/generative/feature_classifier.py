@@ -105,6 +105,13 @@ def _paths(dataset: str, quick: bool) -> tuple[Path, Path]:
     return CACHE / f"{stem}.weights.h5", CACHE / f"{stem}.json"
 
 
+def _cached(dataset: str, quick: bool) -> tuple[Path, Path]:
+    """The classifier files to use: a quick run takes the full classifier when one is cached (its
+    training images include the quick split's, its held-out images too), else its own."""
+    full = _paths(dataset, False)
+    return full if quick and all(path.exists() for path in full) else _paths(dataset, quick)
+
+
 def train_classifier(dataset: str, data_dir: Path = DEFAULT_DATA_DIR, *, quick: bool = False, verbose: int = 2) -> dict:
     """Train the set's classifier on its training split, save weights and a JSON card
     atomically in the cache, and return the card (held-out accuracy, epochs, seconds)."""
@@ -151,7 +158,7 @@ def train_classifier(dataset: str, data_dir: Path = DEFAULT_DATA_DIR, *, quick: 
 
 def classifier_card(dataset: str, data_dir: Path = DEFAULT_DATA_DIR, *, quick: bool = False) -> dict:
     """How the set's classifier was trained and its held-out accuracy (training it first if needed)."""
-    weights, card_path = _paths(_check_dataset(dataset), quick)
+    weights, card_path = _cached(_check_dataset(dataset), quick)
     if not (weights.exists() and card_path.exists()):
         return train_classifier(dataset, data_dir, quick=quick)
     return json.loads(card_path.read_text())
@@ -165,7 +172,7 @@ def feature_extractor(dataset: str, data_dir: Path = DEFAULT_DATA_DIR, *, quick:
 
     classifier_card(dataset, data_dir, quick=quick)
     classifier = _classifier()
-    classifier.load_weights(_paths(dataset, quick)[0])
+    classifier.load_weights(_cached(dataset, quick)[0])
     features = keras.Model(classifier.input, classifier.get_layer(FEATURE_LAYER).output)
     if dataset == "cifar10":
         return features

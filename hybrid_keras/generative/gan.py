@@ -150,7 +150,8 @@ class DCGAN(keras.Model):
         (``jit_compile``, ``run_eagerly``, ``steps_per_execution``); a loss is not taken."""
         for key in ("optimizer", "loss", "metrics"):
             if kwargs.get(key) is not None:
-                raise ValueError(f"DCGAN.compile takes d_optimizer and g_optimizer and its own losses. Received: {key}=")
+                raise ValueError("DCGAN.compile takes d_optimizer and g_optimizer, and brings its own losses. "
+                                 f"Received: {key}={kwargs[key]!r}")
         d_optimizer = keras.optimizers.get(d_optimizer) if d_optimizer is not None else _default_optimizer()
         g_optimizer = keras.optimizers.get(g_optimizer) if g_optimizer is not None else _default_optimizer()
         if d_optimizer is g_optimizer:
