@@ -63,7 +63,7 @@ def models_table(task: str | None = None, markdown: bool = False) -> str:
     for name in zoo.list_models(task):
         card = zoo.model_card(name)
         params = f"{card.parameters / 1e6:.2f}M" if card.parameters else "n/a"
-        size = "x".join(str(s) for s in card.input_shape)
+        size = card.input_label or "x".join(str(s) for s in card.input_shape)
         best = max((s.top1 for s in card.weights if s.top1 is not None), default=None)
         top1 = f"{best:.1f}" if best is not None else "n/a"
         rows.append((name, card.task, params, size, card.preprocessing, top1, weights_summary(card)))

@@ -48,6 +48,9 @@ class ModelCard:
     format_arguments: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     # Said when a weight tag is asked of a model that has none (e.g. where the FCNs' go instead).
     weights_hint: str = ""
+    # What the model takes, where input_shape (the builder's default image shape) does not say
+    # it: "100 tokens" for a sequence model, "z of 100" for a generator.
+    input_label: str = ""
 
     def weight(self, tag: str) -> WeightSpec:
         """The weight file for ``tag`` ("imagenet" means this model's default)."""
@@ -88,7 +91,7 @@ class ModelCard:
             lines.append(f"  {self.description}")
         params = f"{self.parameters:,}" if self.parameters else "n/a"
         lines += [
-            f"  input: {self.input_shape}   parameters: {params}",
+            f"  input: {self.input_label or self.input_shape}   parameters: {params}",
             f"  preprocessing: {self.preprocessing}",
             f"  reference: {self.reference}",
         ]
@@ -115,6 +118,7 @@ def register_model(
     reference_implementation: str = "",
     format_arguments: Mapping[str, Mapping[str, Any]] | None = None,
     weights_hint: str = "",
+    input_label: str = "",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a builder under ``name``. Registering a name twice is an error."""
     if task not in TASKS:
@@ -160,6 +164,7 @@ def register_model(
             reference_implementation=reference_implementation,
             format_arguments=dict(format_arguments or {}),
             weights_hint=weights_hint,
+            input_label=input_label,
         )
         _REGISTRY[name] = card
         return builder

@@ -37,8 +37,10 @@ DEFAULTS = {"units": 256, "layers": 2, "embedding_dim": 64, "dropout": 0.0}
 # The cards' parameter counts are for this vocabulary: the CPython 3.11 standard library's
 # characters seen 50 times or more in the training split, plus the unknown id.
 CARD_VOCABULARY = 97
-# A registry card's input_shape is (H, W, C); a sequence model's card gives (default window, 1, 1).
+# A registry card's input_shape is (H, W, C); a sequence model's card gives (default window, 1, 1)
+# and says what it takes in its input_label.
 CARD_INPUT = (100, 1, 1)
+CARD_INPUT_LABEL = "token ids [B, T]"
 
 
 def _parameters(cell: str, vocabulary: int = CARD_VOCABULARY, units: int = 256, depth: int = 2,
@@ -123,7 +125,8 @@ _DOC = """Build a character-level {cell} language model: token ids ``[B, T]`` ->
 
 
 @register_model(
-    "char_lstm", task="sequence", family="char_rnn", input_shape=CARD_INPUT, reference=REFERENCE, preprocessing="none",
+    "char_lstm", task="sequence", family="char_rnn", input_shape=CARD_INPUT, input_label=CARD_INPUT_LABEL,
+    reference=REFERENCE, preprocessing="none",
     description="character LSTM language model: int32 token ids [B, T] -> logits [B, T, V] (card: 2x256 units, V=97)",
     parameters=_parameters("LSTM"), reference_implementation="keras.layers.LSTM layers on a character embedding",
     weights_hint="Train one with benchmarks/sequence/char_lm.py (it saves char_lstm.weights.h5 with its vocabulary)",
@@ -133,7 +136,8 @@ def char_lstm(card, vocabulary=None, weights=None, units=None, layers=None, embe
 
 
 @register_model(
-    "char_gru", task="sequence", family="char_rnn", input_shape=CARD_INPUT, reference=REFERENCE, preprocessing="none",
+    "char_gru", task="sequence", family="char_rnn", input_shape=CARD_INPUT, input_label=CARD_INPUT_LABEL,
+    reference=REFERENCE, preprocessing="none",
     description="character GRU language model: int32 token ids [B, T] -> logits [B, T, V] (card: 2x256 units, V=97)",
     parameters=_parameters("GRU"), reference_implementation="keras.layers.GRU layers (reset_after=True) on a character embedding",
     weights_hint="Train one with benchmarks/sequence/char_lm.py (it saves char_gru.weights.h5 with its vocabulary)",
@@ -143,7 +147,8 @@ def char_gru(card, vocabulary=None, weights=None, units=None, layers=None, embed
 
 
 @register_model(
-    "char_rnn", task="sequence", family="char_rnn", input_shape=CARD_INPUT, reference=REFERENCE, preprocessing="none",
+    "char_rnn", task="sequence", family="char_rnn", input_shape=CARD_INPUT, input_label=CARD_INPUT_LABEL,
+    reference=REFERENCE, preprocessing="none",
     description="character tanh-RNN language model: int32 token ids [B, T] -> logits [B, T, V] (card: 2x256 units, V=97)",
     parameters=_parameters("SimpleRNN"), reference_implementation="keras.layers.SimpleRNN (tanh) layers on a character embedding",
     weights_hint="Train one with benchmarks/sequence/char_lm.py (it saves char_rnn.weights.h5 with its vocabulary)",

@@ -95,7 +95,8 @@ def _parameters(kind: str, *, image_shape=DEFAULT_SHAPE, latent_dim=LATENT_DIM, 
 
 
 @register_model(
-    "dcgan_generator", task="generative", family="dcgan", input_shape=DEFAULT_SHAPE, reference=REFERENCE,
+    "dcgan_generator", task="generative", family="dcgan", input_shape=DEFAULT_SHAPE, input_label=f"z of {LATENT_DIM}",
+    reference=REFERENCE,
     preprocessing="none",
     description=("DCGAN generator: z [B, latent_dim] -> images [B, H, W, C] in [0, 255] (card: 32x32x3, z of 100, "
                  "filters 64; image_shape=(28, 28, 1) for MNIST)"),
