@@ -129,11 +129,14 @@ def test_rectified_relu_backward_rules():
     x = np.array([-2.0, -0.5, 0.5, 3.0, 7.0], "float32")
     upstream = np.array([1.0, -1.0, -1.0, 2.0, 1.0], "float32")
     expected = {"deconvnet": [1, 0, 0, 2, 1], "guided": [0, 0, 0, 2, 0], "gradient": [0, 0, -1, 2, 0]}
-    for rule, want in expected.items():
-        def fn(v, rule=rule):
-            return ops.sum(rectified_relu(v, rule, max_value=6.0) * ops.convert_to_tensor(upstream)), ()
 
-        _, (gradient,) = value_and_gradients(fn, [x])
+    signal = ops.convert_to_tensor(upstream)
+
+    def fn(*inputs):  # one input per rule: each input's gradient is its rule's backward pass
+        return sum(ops.sum(rectified_relu(v, rule, max_value=6.0) * signal) for v, rule in zip(inputs, expected)), ()
+
+    _, gradients = value_and_gradients(fn, [x] * 3, wrt=(0, 1, 2))
+    for gradient, want in zip(gradients, expected.values()):
         np.testing.assert_array_equal(gradient, np.asarray(want, "float32"))
     np.testing.assert_array_equal(ops.convert_to_numpy(rectified_relu(x, "deconvnet", max_value=6.0)),
                                   np.clip(x, 0, 6))
