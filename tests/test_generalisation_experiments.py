@@ -151,3 +151,57 @@ def test_first_nonfinite_finds_a_diverged_run():
     assert curves.first_nonfinite([2.3, 1.9, float("nan"), float("inf")]) == 2
     assert curves.first_nonfinite([2.3, float("inf")]) == 1
     assert curves.first_nonfinite([2.3, 1.9]) is None
+
+
+# ------------------------------------------------------------------------ the experiments
+def _run(rate, steps, train, held_steps, held):
+    return {"learning_rate": rate, "steps_to_threshold_train": curves.steps_to_threshold(steps, train, 0.9),
+            "steps_to_threshold_held_out": curves.steps_to_threshold(held_steps, held, 0.9),
+            "curve": {"step": steps, "batch_accuracy_smoothed": train},
+            "held_out_curve": {"step": held_steps, "accuracy": held}}
+
+
+def test_batch_norm_summary_compares_steps_to_the_plain_networks_best_accuracy():
+    from benchmarks.generalisation import batch_norm
+
+    steps, held_steps = [1, 2, 3, 4], [0, 2, 4]
+    results = {"runs": {
+        "vgg11": [_run(0.01, steps, [0.1, 0.3, 0.5, 0.6], held_steps, [0.1, 0.4, 0.7]),
+                  _run(0.1, steps, [0.1, 0.1, 0.1, 0.1], held_steps, [0.1, 0.1, 0.1])],
+        "vgg11_bn": [_run(0.01, steps, [0.5, 0.95, 0.9, 0.97], held_steps, [0.1, 0.92, 0.95]),
+                     _run(0.1, steps, [0.2, 0.4, 0.6, 0.8], held_steps, [0.1, 0.5, 0.6])]}}
+    summary = batch_norm.summarise(results)
+    train = summary["train"]
+    assert train["plain_best"] == {"accuracy": 0.6, "step": 4, "learning_rate": 0.01}
+    assert train["bn_steps_to_plain_best"] == {"0.01": 2, "0.1": 3}
+    assert train["plain_steps_over_fastest_bn_steps"] == 2.0  # 4 steps against 2
+    assert train["best"] == {"vgg11": None, "vgg11_bn": {"steps": 2, "learning_rate": 0.01}}
+    assert train["steps_to"]["vgg11"]["0.01"] == {"0.5": 3, "0.7": None, "0.9": None}
+    held = summary["held_out"]
+    assert held["plain_best"] == {"accuracy": 0.7, "step": 4, "learning_rate": 0.01}
+    assert held["bn_steps_to_plain_best"] == {"0.01": 2, "0.1": None}
+    assert held["plain_steps_over_fastest_bn_steps"] == 2.0
+
+
+def test_memorisation_settings_corrupt_the_training_set_and_keep_the_test_labels(rng):
+    from benchmarks.generalisation import memorisation
+
+    train = (rng.integers(0, 256, (40, 8, 8, 3)).astype(np.float32), rng.integers(0, K, 40))
+    test = (rng.integers(0, 256, (10, 8, 8, 3)).astype(np.float32), rng.integers(0, K, 10))
+    settings = {name: (p, x, y, test_x) for name, p, x, y, test_x in memorisation.settings(train, test, seed=0)}
+    assert list(settings) == ["true labels", "labels corrupted p=0.2", "labels corrupted p=0.4",
+                              "labels corrupted p=0.6", "labels corrupted p=0.8", "random labels",
+                              "shuffled pixels", "random pixels", "gaussian"]
+    p, x, y, test_x = settings["true labels"]
+    assert p == 0.0 and x is train[0] and test_x is test[0]
+    np.testing.assert_array_equal(y, train[1])
+    assert settings["random labels"][0] == 1.0
+    for name in ("shuffled pixels", "random pixels", "gaussian"):  # true labels, destroyed images
+        p, x, y, test_x = settings[name]
+        assert p is None and x.shape == train[0].shape and test_x.shape == test[0].shape
+        np.testing.assert_array_equal(y, train[1])
+        assert not np.array_equal(x, train[0])
+    # one permutation for training and test images alike
+    _, x, _, test_x = settings["shuffled pixels"]
+    np.testing.assert_array_equal(x, corruptions.shuffle_pixels(train[0], 0))
+    np.testing.assert_array_equal(test_x, corruptions.shuffle_pixels(test[0], 0))
