@@ -12,8 +12,8 @@ are identical apart from batch norm after each convolution: same layers, and ``v
 starts from a copy of ``vgg11``'s initial convolution and head weights. Both take raw
 pixels and normalise them as VGG does (caffe: BGR, ImageNet mean subtracted). VGG rather
 than GoogLeNet / BN-Inception because that pair differs only by batch norm (BN-Inception
-also changes the modules: 5x5 convolutions replaced by two 3x3, other pooling) and because
-VGG-11 is the cheaper of the two at 32x32 on two shared CPU cores.
+also changes the modules: 5x5 convolutions replaced by two 3x3, other pooling), so a
+difference in training speed can only come from batch norm.
 
 Data: MNIST (the 10k test digits in the data folder: first 8,000 for training, last 2,000
 held out), zero-padded to 32x32 and repeated to RGB. Training: SGD with momentum 0.9 at each
