@@ -34,8 +34,12 @@ def _real_images(count=8, shape=SHAPE):
     return images
 
 
+def _numpy(variable):
+    return np.array(keras.ops.convert_to_numpy(variable), copy=True)  # torch's arrays share memory with the variable
+
+
 def _weights(model):
-    return [keras.ops.convert_to_numpy(v) for v in model.weights]
+    return [_numpy(v) for v in model.weights]
 
 
 def _compile(gan, learning_rate=None):
@@ -48,8 +52,13 @@ def _compile(gan, learning_rate=None):
 
 
 def _steps(gan, count):
-    real = _real_images()
-    return [{k: float(v) for k, v in gan.train_on_batch(real, return_dict=True).items()} for _ in range(count)]
+    """``count`` training steps on the same real batch; each step's own logs (the metrics are
+    reset before each: train_on_batch accumulates them)."""
+    real, logs = _real_images(), []
+    for _ in range(count):
+        gan.reset_metrics()
+        logs.append({k: float(v) for k, v in gan.train_on_batch(real, return_dict=True).items()})
+    return logs
 
 
 def _train(steps, *, seed=7):
@@ -104,20 +113,30 @@ def test_losses_match_numpy():
 
 @agnostic
 def test_train_steps_move_both_networks_and_repeat_for_a_seed():
-    fresh_generator, fresh_discriminator = _networks()
-    gan, logs = _train(2)
+    generator, discriminator = _networks()
+    gan = DCGAN(generator, discriminator, seed=7)
+    _compile(gan)
+    for optimizer, network in ((gan.d_optimizer, discriminator), (gan.g_optimizer, generator)):
+        optimizer.build(network.trainable_variables)
+    state = gan.variables + gan.d_optimizer.variables + gan.g_optimizer.variables  # the seed's state included
+    start = [_numpy(v) for v in state]
+    logs = _steps(gan, 2)
     assert set(logs[0]) == {"d_loss", "g_loss", "d_x", "d_g_z"}
     assert 0.0 < logs[0]["d_x"] < 1.0 and 0.0 < logs[0]["d_g_z"] < 1.0
-    for fresh, trained in ((fresh_generator, gan.generator), (fresh_discriminator, gan.discriminator)):
-        for before, variable in zip(fresh.trainable_weights, trained.trainable_weights):
-            assert not np.array_equal(keras.ops.convert_to_numpy(before), keras.ops.convert_to_numpy(variable)), variable.path
-    again, logs_again = _train(2)
-    assert logs_again == logs
-    for a, b in zip(_weights(gan), _weights(again)):
+    for network in (generator, discriminator):
+        for variable in network.trainable_weights:
+            before = start[next(i for i, v in enumerate(state) if v is variable)]
+            assert not np.array_equal(before, keras.ops.convert_to_numpy(variable)), variable.path
+    seed_state = keras.ops.convert_to_numpy(gan.seed_generator.state)
+    assert not np.array_equal(seed_state, keras.ops.convert_to_numpy(keras.random.SeedGenerator(7).state))
+    trained = _weights(gan)
+    # Back to the starting state (weights, optimizer moments, the noise's seed state): the same
+    # two steps again, to the bit (fit carried the seed state through JAX's stateless steps too).
+    for variable, value in zip(state, start):
+        variable.assign(value)
+    assert _steps(gan, 2) == logs
+    for a, b in zip(trained, _weights(gan)):
         np.testing.assert_array_equal(a, b)
-    # The noise's seed state moved on (fit carried it through the steps, also JAX's stateless ones).
-    assert not np.array_equal(keras.ops.convert_to_numpy(gan.seed_generator.state),
-                              keras.ops.convert_to_numpy(keras.random.SeedGenerator(7).state))
 
 
 @agnostic
@@ -128,7 +147,7 @@ def test_each_loss_falls_while_the_other_network_is_frozen():
     generator.trainable = False  # the discriminator learns to tell the fixed generator's images from real ones
     _compile(gan, learning_rate=2e-2)
     d_logs = _steps(gan, 5)
-    assert d_logs[-1]["d_loss"] < 0.92 * d_logs[0]["d_loss"], [log["d_loss"] for log in d_logs]
+    assert d_logs[-1]["d_loss"] < 0.8 * d_logs[0]["d_loss"], [log["d_loss"] for log in d_logs]
     assert d_logs[-1]["d_x"] > d_logs[0]["d_x"] and d_logs[-1]["d_g_z"] < d_logs[0]["d_g_z"]
     for a, b in zip(frozen_generator, _weights(generator)):
         np.testing.assert_array_equal(a, b)
@@ -137,7 +156,7 @@ def test_each_loss_falls_while_the_other_network_is_frozen():
     generator.trainable, discriminator.trainable = True, False  # now the generator learns to fool it
     _compile(gan, learning_rate=2e-2)
     g_logs = _steps(gan, 5)
-    assert g_logs[-1]["g_loss"] < 0.92 * g_logs[0]["g_loss"], [log["g_loss"] for log in g_logs]
+    assert g_logs[-1]["g_loss"] < 0.6 * g_logs[0]["g_loss"], [log["g_loss"] for log in g_logs]
     for a, b in zip(frozen_discriminator, _weights(discriminator)):
         np.testing.assert_array_equal(a, b)
 
