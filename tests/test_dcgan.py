@@ -170,6 +170,9 @@ def test_wrong_latent_size_is_refused():
         gan(np.zeros((3, 4, 1), np.float32))
     images = generate_images(gan, np.zeros((3, 4), np.float32))
     assert images.dtype == np.uint8 and images.shape == (3, *SHAPE)
+    np.testing.assert_array_equal(gan.sample(3, seed=1), gan.sample(3, seed=1))
+    with pytest.raises(ValueError, match="count must be a positive int. Received: count=0"):
+        gan.sample(0)
 
 
 def test_mismatched_networks_and_bad_shapes_are_refused():
