@@ -39,7 +39,8 @@ def _decode(deltas, references, weights):
     """The R-CNN box decoding (Girshick et al., appendix C), written out in NumPy."""
     wx, wy, ww, wh = weights
     widths, heights = references[:, 2] - references[:, 0], references[:, 3] - references[:, 1]
-    cx, cy = references[:, 0] + widths / 2 + deltas[:, 0] / wx * widths, references[:, 1] + heights / 2 + deltas[:, 1] / wy * heights
+    cx = references[:, 0] + widths / 2 + deltas[:, 0] / wx * widths
+    cy = references[:, 1] + heights / 2 + deltas[:, 1] / wy * heights
     clamp = np.log(1000 / 16)
     half_w = np.exp(np.minimum(deltas[:, 2] / ww, clamp)) * widths / 2
     half_h = np.exp(np.minimum(deltas[:, 3] / wh, clamp)) * heights / 2
