@@ -134,7 +134,7 @@ class SpatialTransformer(keras.layers.Layer):
         out_h, out_w = self.output_size
         shape = ops.shape(images)
         batch, height, width = shape[0], shape[1], shape[2]
-        channels = images.shape[-1]
+        channels = images.shape[-1] if images.shape[-1] is not None else shape[3]
 
         # Grid generator: the homogeneous output grid [N, 3] (x_t, y_t, 1), N = out_h * out_w, row-major.
         ys, xs = ops.meshgrid(_grid(out_h, self.align_corners, dtype), _grid(out_w, self.align_corners, dtype),

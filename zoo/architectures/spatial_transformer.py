@@ -13,8 +13,14 @@ the very same network:
 The localisation network is a small CNN (2x2 pooling, two 5x5 convolutions each followed by 2x2
 pooling, a 32-unit hidden layer) whose last layer regresses theta and starts at the identity
 (``hybrid_keras.layers.affine_regression``: zero kernel, identity bias), so an untrained ST-CNN
-computes exactly what its plain twin does. The transformer samples the *normalised* image and reads
--1 outside it, which is a black pixel under the models' "tf" preprocessing ([0, 255] -> [-1, 1]).
+computes exactly what its plain twin with the same classifier weights computes. The transformer
+samples the *normalised* image and reads -1 outside it, which is a black pixel under the models'
+"tf" preprocessing ([0, 255] -> [-1, 1]).
+
+Training: a localisation network trained at the full learning rate from the first step can push
+the sampling grid off the image, where the sampler passes no gradient and it never comes back (seen
+on 60x60 cluttered digits); ``benchmarks/spatial_transformer/distorted_mnist.py`` ramps the
+localisation layers' (``loc_*``, ``theta``) learning rate up from 0 over the first 30% of the steps.
 
 Both models take raw grey (or RGB) pixels in [0, 255] at any fixed size (default 28x28x1; the
 distorted-MNIST benchmark uses 28, 42 and 60 pixels). :func:`transformer_model` gives the
@@ -76,7 +82,7 @@ def localisation_network(x, *, filters=LOCALISATION_FILTERS, units: int = LOCALI
 @register_model(
     "mnist_cnn", task="classification", family="spatial_transformer", input_shape=(28, 28, 1), reference=REFERENCE,
     preprocessing="tf", description="The distorted-MNIST CNN (conv-pool-conv-pool-fc), the plain twin of st_cnn",
-    parameters=28_938, reference_implementation="the paper's CNN baseline layout (three weight layers, two max pools)",
+    parameters=28_938,
     weights_hint=_HINT,
 )
 def mnist_cnn(card, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=10,
@@ -99,7 +105,7 @@ def mnist_cnn(card, include_top=True, weights=None, input_tensor=None, input_sha
     preprocessing="tf",
     description=("ST-CNN: an affine spatial transformer (localisation CNN -> theta -> bilinear sampler) in front "
                  "of mnist_cnn; transformer_model() shows the transformed images"),
-    parameters=40_608, reference_implementation="the paper's ST-CNN Aff (distorted MNIST, section 4.1)",
+    parameters=40_608,
     weights_hint=_HINT,
 )
 def st_cnn(card, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=10,
