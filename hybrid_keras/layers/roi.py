@@ -25,6 +25,17 @@ import keras
 from keras import ops
 
 
+def _check_roi_arguments(output_size, spatial_scale) -> tuple[tuple[int, int], float]:
+    """``output_size`` as ``(height, width)`` and ``spatial_scale`` as a float, or a clear error."""
+    if isinstance(output_size, int):
+        output_size = (output_size, output_size)
+    if len(output_size) != 2 or any(int(s) < 1 for s in output_size):
+        raise ValueError(f"output_size must be a positive int or (height, width). Received: {output_size!r}")
+    if not spatial_scale > 0:
+        raise ValueError(f"spatial_scale must be > 0. Received: spatial_scale={spatial_scale!r}")
+    return tuple(int(s) for s in output_size), float(spatial_scale)
+
+
 def _axis_weights(start, length, bins: int, samples, max_samples: int, size: int):
     """``[R, bins, size]``: for each RoI and bin along one axis, the mean over the bin's samples
     of the bilinear weights onto the ``size`` cells of that axis.
@@ -63,14 +74,7 @@ class RoIAlign(keras.layers.Layer):
     def __init__(self, output_size, spatial_scale: float = 1.0, sampling_ratio: int = 2, aligned: bool = True,
                  **kwargs):
         super().__init__(**kwargs)
-        if isinstance(output_size, int):
-            output_size = (output_size, output_size)
-        if len(output_size) != 2 or any(int(s) < 1 for s in output_size):
-            raise ValueError(f"output_size must be a positive int or (height, width). Received: {output_size!r}")
-        if not spatial_scale > 0:
-            raise ValueError(f"spatial_scale must be > 0. Received: spatial_scale={spatial_scale!r}")
-        self.output_size = tuple(int(s) for s in output_size)
-        self.spatial_scale = float(spatial_scale)
+        self.output_size, self.spatial_scale = _check_roi_arguments(output_size, spatial_scale)
         self.sampling_ratio = int(sampling_ratio)
         self.aligned = bool(aligned)
 
@@ -173,14 +177,7 @@ class RoIPooling(keras.layers.Layer):
 
     def __init__(self, output_size, spatial_scale: float = 1.0, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(output_size, int):
-            output_size = (output_size, output_size)
-        if len(output_size) != 2 or any(int(s) < 1 for s in output_size):
-            raise ValueError(f"output_size must be a positive int or (height, width). Received: {output_size!r}")
-        if not spatial_scale > 0:
-            raise ValueError(f"spatial_scale must be > 0. Received: spatial_scale={spatial_scale!r}")
-        self.output_size = tuple(int(s) for s in output_size)
-        self.spatial_scale = float(spatial_scale)
+        self.output_size, self.spatial_scale = _check_roi_arguments(output_size, spatial_scale)
 
     def call(self, inputs):
         features, rois = inputs
