@@ -377,6 +377,19 @@ _CHECK_SCRIPT = textwrap.dedent(
 )
 
 
+def check_served(served: dict, expected: dict, staging, *, tolerance: float = TOLERANCE,
+                 what: str = "the Keras model") -> None:
+    """Raise ``ExportVerificationError`` unless a fresh process served exactly the ``expected``
+    outputs (keys as :func:`serve_in_fresh_process` returns them), each within ``tolerance``
+    (:func:`max_relative_difference`)."""
+    if set(served) != set(expected):
+        raise ExportVerificationError(f"the SavedModel's outputs {sorted(served)} are not {sorted(expected)}")
+    differences = {key: max_relative_difference(served[key], np.asarray(value)) for key, value in expected.items()}
+    worst = max(differences, key=differences.get, default=None)
+    if worst is not None and differences[worst] > tolerance:
+        raise ExportVerificationError(f"{staging}: {worst} differs from {what} by {differences[worst]:.3g}")
+
+
 def max_relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
     """The largest ``|actual - expected|``, relative to ``|expected|`` where that exceeds 1."""
     return float(np.max(np.abs(actual - expected) / np.maximum(1.0, np.abs(expected)))) if expected.size else 0.0

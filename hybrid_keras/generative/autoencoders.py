@@ -448,7 +448,7 @@ def export_autoencoder(model: Autoencoder, path, *, verify: bool = True, verbose
     """
     import tensorflow as tf
 
-    from hybrid_keras.export import ExportVerificationError, max_relative_difference, serve_in_fresh_process, write_archive
+    from hybrid_keras.export import check_served, serve_in_fresh_process, write_archive
 
     if not isinstance(model, Autoencoder):
         raise ValueError(f"model must be an Autoencoder or VariationalAutoencoder. Received: {type(model).__name__}")
@@ -473,12 +473,6 @@ def export_autoencoder(model: Autoencoder, path, *, verify: bool = True, verbose
             inputs[f"{name}.{spec.name}.0"] = argument
             for output, value in function(ops.convert_to_tensor(argument)).items():
                 expected[f"{name}/{output}/0"] = ops.convert_to_numpy(value)
-        served = serve_in_fresh_process(staging, inputs)
-        if set(served) != set(expected):
-            raise ExportVerificationError(f"the SavedModel's outputs {sorted(served)} are not {sorted(expected)}")
-        for key, value in expected.items():
-            difference = max_relative_difference(served[key], value)
-            if difference > 1e-5:
-                raise ExportVerificationError(f"{staging}: {key} differs from the Keras model by {difference:.3g}")
+        check_served(serve_in_fresh_process(staging, inputs), expected, staging)
 
     return write_archive(archive, path, metadata, check if verify else None, verbose=verbose)

@@ -8,8 +8,6 @@ import keras
 
 from hybrid_keras.sequence.vocabulary import CharVocabulary
 
-TOLERANCE = 1e-5
-
 
 def export_char_model(model, path, *, vocabulary: CharVocabulary | None = None, verify: bool = True,
                       verbose: bool = False):
@@ -26,7 +24,7 @@ def export_char_model(model, path, *, vocabulary: CharVocabulary | None = None, 
     """
     import tensorflow as tf
 
-    from hybrid_keras.export import ExportVerificationError, max_relative_difference, serve_in_fresh_process, write_archive
+    from hybrid_keras.export import check_served, serve_in_fresh_process, write_archive
 
     if not isinstance(model, keras.Model) or len(model.output_shape) != 3:
         raise ValueError(f"model must be a keras.Model mapping token ids [B, T] to logits [B, T, V]. "
@@ -59,12 +57,6 @@ def export_char_model(model, path, *, vocabulary: CharVocabulary | None = None, 
                 inputs[f"{signature}.token_ids.{case}"] = token_ids
                 for name, value in outputs.items():
                     expected[f"{signature}/{name}/{case}"] = keras.ops.convert_to_numpy(value)
-        served = serve_in_fresh_process(staging, inputs)
-        if set(served) != set(expected):
-            raise ExportVerificationError(f"the SavedModel's outputs {sorted(served)} are not {sorted(expected)}")
-        worst = max(expected, key=lambda key: max_relative_difference(served[key], expected[key]))
-        difference = max_relative_difference(served[worst], expected[worst])
-        if difference > TOLERANCE:
-            raise ExportVerificationError(f"{staging}: {worst} differs from the Keras model by {difference:.3g}")
+        check_served(serve_in_fresh_process(staging, inputs), expected, staging)
 
     return write_archive(archive, path, metadata, check if verify else None, verbose=verbose)

@@ -446,8 +446,7 @@ def export_tracker(tracker, path, *, verify: bool = True, verbose: bool = False)
     """
     import tensorflow as tf
 
-    from hybrid_keras.export import (ExportVerificationError, max_relative_difference, serve_in_fresh_process,
-                                     write_archive)
+    from hybrid_keras.export import check_served, serve_in_fresh_process, write_archive
 
     if isinstance(tracker, SiameseTracker):  # its models are built already
         step, initialize_model, track_model = tracker.step, tracker._initialize, tracker._track
@@ -485,13 +484,8 @@ def export_tracker(tracker, path, *, verify: bool = True, verbose: bool = False)
             inputs.update({f"{signature}.frame.{case}": frames[1 + case:2 + case],
                            f"{signature}.box.{case}": boxes[case:case + 1], f"{signature}.target.{case}": target})
             expected.update({f"{signature}/box/{case}": new_box, f"{signature}/score/{case}": score})
-        served = serve_in_fresh_process(staging, inputs)
-        if set(served) != set(expected):
-            raise ExportVerificationError(f"the SavedModel's outputs {sorted(served)} are not {sorted(expected)}")
         # Boxes are in pixels: a relative check on them is in pixels too.
-        worst = max(expected, key=lambda key: max_relative_difference(served[key], np.asarray(expected[key])))
-        difference = max_relative_difference(served[worst], np.asarray(expected[worst]))
-        if difference > 1e-4:
-            raise ExportVerificationError(f"{staging}: {worst} differs from the Keras tracker by {difference:.3g}")
+        check_served(serve_in_fresh_process(staging, inputs), expected, staging, tolerance=1e-4,
+                     what="the Keras tracker")
 
     return write_archive(archive, path, metadata, check if verify else None, verbose=verbose)
