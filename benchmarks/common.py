@@ -111,6 +111,20 @@ class Timer:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
+# The staged data folder of each dataset builder the benchmarks read.
+STAGED_FOLDERS = {"mnist": "mnist", "cifar10_jpeg": "cifar10_jpg"}
+
+
+def staged_arrays(data_dir: Path, name: str, split: str, **pairs):
+    """``(images, labels)`` NumPy arrays of a staged dataset's ``split`` (a TFDS slice such as
+    ``"test[:8000]"``), read through its builder; ``pairs`` go to ``image_label_pairs`` (size,
+    padding, RGB)."""
+    from hybrid_keras import datasets
+
+    examples = datasets.load(name, split=split, manual_dir=Path(data_dir) / STAGED_FOLDERS[name])
+    return datasets.to_numpy(datasets.image_label_pairs(examples, **pairs))
+
+
 def machine_load() -> dict:
     """The 1/5/15-minute load averages and CPU count: how busy the machine was around a run."""
     one, five, fifteen = os.getloadavg() if hasattr(os, "getloadavg") else (None, None, None)

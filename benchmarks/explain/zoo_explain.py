@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import CACHE_DIR, DEFAULT_DATA_DIR, RESULTS_DIR, Timer, machine, machine_load, write_json  # noqa: E402
+from benchmarks.common import (CACHE_DIR, DEFAULT_DATA_DIR, RESULTS_DIR, Timer, machine, machine_load,  # noqa: E402
+                               staged_arrays, write_json)
 
 QUICK_RESULTS_DIR = Path(tempfile.gettempdir()) / "hybrid_keras_quick"
 CANVAS = 64
@@ -60,10 +61,7 @@ SHOWN = 6  # digits drawn in each PNG
 
 def translated_mnist(data_dir: Path, split: str, seed: int):
     """``(images [N, 64, 64, 3] uint8, labels [N], boxes [N, 4] as (top, left, bottom, right) exclusive)``."""
-    from hybrid_keras import datasets
-
-    examples = datasets.load("mnist", split=split, manual_dir=data_dir / "mnist")
-    digits, labels = datasets.to_numpy(datasets.image_label_pairs(examples))
+    digits, labels = staged_arrays(data_dir, "mnist", split)
     rng = np.random.default_rng(seed)
     images = np.zeros((len(digits), CANVAS, CANVAS, 3), np.uint8)
     boxes = np.zeros((len(digits), 4), np.int64)

@@ -28,18 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, machine, save_figure, write_json  # noqa: E402
+from benchmarks.common import (DEFAULT_DATA_DIR, RESULTS_DIR, machine, save_figure, staged_arrays,  # noqa: E402
+                               write_json)
 
 QUICK_RESULTS_DIR = Path(tempfile.gettempdir()) / "hybrid_keras_quick"  # --quick runs never touch the results
 
 
 def mnist(data_dir: Path, quick: bool):
     """The MNIST test split, 8,000 / 2,000 by index, as 32x32 RGB (zero-padded, grey repeated)."""
-    from hybrid_keras import datasets
-
     def arrays(split):
-        examples = datasets.load("mnist", split=split, manual_dir=data_dir / "mnist")
-        return datasets.to_numpy(datasets.image_label_pairs(examples, image_size=(32, 32), method="pad", rgb=True))
+        return staged_arrays(data_dir, "mnist", split, image_size=(32, 32), method="pad", rgb=True)
 
     return arrays("test[:1000]" if quick else "test[:8000]"), arrays("test[9500:]" if quick else "test[8000:]")
 
@@ -47,11 +45,8 @@ def mnist(data_dir: Path, quick: bool):
 def cifar(data_dir: Path, quick: bool):
     """The 1,000 CIFAR-10 JPEG test images, files 0000-0069 of each class / 0070-0099 (the builder's
     class round-robin order makes these prefix slices)."""
-    from hybrid_keras import datasets
-
     def arrays(split):
-        examples = datasets.load("cifar10_jpeg", split=split, manual_dir=data_dir / "cifar10_jpg")
-        return datasets.to_numpy(datasets.image_label_pairs(examples))
+        return staged_arrays(data_dir, "cifar10_jpeg", split)
 
     return arrays("test[:30%]" if quick else "test[:70%]"), arrays("test[90%:]" if quick else "test[70%:]")
 

@@ -60,7 +60,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import DEFAULT_DATA_DIR, RESULTS_DIR, machine, machine_load, save_figure, write_json  # noqa: E402
+from benchmarks.common import (DEFAULT_DATA_DIR, RESULTS_DIR, machine, machine_load, save_figure,  # noqa: E402
+                               staged_arrays, write_json)
 from benchmarks.forest.classification_heads import cifar  # noqa: E402
 from benchmarks.generalisation import corruptions  # noqa: E402
 
@@ -73,11 +74,8 @@ NUM_CLASSES = 10
 def mnist_subset(data_dir: Path, train_images: int, test_images: int):
     """The first ``train_images`` and the last ``test_images`` of the MNIST test split, as 32x32
     RGB (zero-padded, grey repeated)."""
-    from hybrid_keras import datasets
-
     def arrays(split):
-        examples = datasets.load("mnist", split=split, manual_dir=data_dir / "mnist")
-        return datasets.to_numpy(datasets.image_label_pairs(examples, image_size=(32, 32), method="pad", rgb=True))
+        return staged_arrays(data_dir, "mnist", split, image_size=(32, 32), method="pad", rgb=True)
 
     return arrays(f"test[:{train_images}]"), arrays(f"test[-{test_images}:]")
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import CACHE_DIR, DEFAULT_DATA_DIR  # noqa: E402
+from benchmarks.common import CACHE_DIR, DEFAULT_DATA_DIR, staged_arrays  # noqa: E402
 
 DATASETS = ("mnist", "cifar10")
 CACHE = CACHE_DIR / "generative"
@@ -61,22 +61,18 @@ def load_images(dataset: str, data_dir: Path = DEFAULT_DATA_DIR, quick: bool = F
     """``{"train": (images, labels), "held_out": (images, labels)}``, uint8 images at the set's own
     size (MNIST 28x28x1, CIFAR-10 32x32x3). ``quick``: 2,000 / 500 MNIST digits, 400 / 200
     CIFAR images (20 of each class held out either way)."""
-    from hybrid_keras import datasets
-
     data_dir = Path(data_dir).resolve()
 
-    def arrays(name, folder, split):
-        examples = datasets.load(name, split=split, manual_dir=data_dir / folder)
-        images, labels = datasets.to_numpy(datasets.image_label_pairs(examples))
+    def arrays(name, split):
+        images, labels = staged_arrays(data_dir, name, split)
         return images.astype(np.uint8), labels.astype(np.int64)
 
     if _check_dataset(dataset) == "mnist":
         train, held_out = ("test[:2000]", "test[9500:]") if quick else ("test[:8000]", "test[8000:]")
-        return {"train": arrays("mnist", "mnist", train), "held_out": arrays("mnist", "mnist", held_out)}
+        return {"train": arrays("mnist", train), "held_out": arrays("mnist", held_out)}
     # The builder lists the files class by class in turn, so prefix slices keep every class.
     train = "test[:40%]" if quick else "test[:80%]"
-    return {"train": arrays("cifar10_jpeg", "cifar10_jpg", train),
-            "held_out": arrays("cifar10_jpeg", "cifar10_jpg", "test[80%:]")}
+    return {"train": arrays("cifar10_jpeg", train), "held_out": arrays("cifar10_jpeg", "test[80%:]")}
 
 
 def _to_classifier_input(images: np.ndarray) -> np.ndarray:

@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
-    DEFAULT_DATA_DIR, RESULTS_DIR, Timer, machine, machine_load, save_figure, write_json)
+    DEFAULT_DATA_DIR, RESULTS_DIR, Timer, machine, machine_load, save_figure, staged_arrays, write_json)
 
 QUICK_RESULTS_DIR = Path(tempfile.gettempdir()) / "hybrid_keras_quick"
 VARIANTS = ("R", "RTS", "P", "TC")
@@ -99,11 +99,8 @@ PAPER = {
 
 def load_digits(data_dir: Path, quick: bool):
     """The MNIST test set as (train, test) pairs of uint8 [N, 28, 28] and labels, split by index."""
-    from hybrid_keras import datasets
-
     def arrays(split):
-        examples = datasets.load("mnist", split=split, manual_dir=data_dir / "mnist")
-        images, labels = datasets.to_numpy(datasets.image_label_pairs(examples))
+        images, labels = staged_arrays(data_dir, "mnist", split)
         return images[..., 0], labels
 
     return arrays("test[:1000]" if quick else "test[:8000]"), arrays("test[9500:]" if quick else "test[8000:]")
