@@ -5,6 +5,7 @@
     hybrid-keras card NAME                         one model card
     hybrid-keras export NAME OUT_DIR [--weights W] [--classes N] [--input-shape H,W,C]
     hybrid-keras segment MODEL IMAGE... --out DIR  class-colour overlay PNGs of a segmentation model
+    hybrid-keras detect MODEL IMAGE... --out DIR   boxes (and masks) of a detection model drawn on the photos
     hybrid-keras explain MODEL IMAGE... --method deconvnet|occlusion|gradcam [--layer NAME] --out DIR
     hybrid-keras sample MODEL_WEIGHTS [--prime TEXT] [--length N] [--temperature T] [--seed S]
                                                    text from a saved character language model
@@ -127,6 +128,23 @@ def _segment(args) -> None:
         print(path)
 
 
+def _detect(args) -> None:
+    from hybrid_keras.detection.visualize import detect_images
+
+    names = args.class_names
+    if names is not None:
+        from pathlib import Path
+
+        names = Path(names).read_text().split("\n") if Path(names).is_file() else names.split(",")
+        names = [name.strip() for name in names if name.strip()]
+    try:
+        written = detect_images(_load_model(args), args.images, args.out, threshold=args.threshold, class_names=names)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(str(error)) from None
+    for path in written:
+        print(path)
+
+
 def _load_tracker(weights):
     from hybrid_keras.tracking.sint import DEFAULT_TRACKER, load_tracker
 
@@ -227,6 +245,21 @@ def main(argv: list[str] | None = None) -> int:
                          help="class colours: distinct ones per index, or CamVid's (SegNet's)")
     segment.add_argument("--opacity", type=float, default=0.5, help="of the class colours over the photo")
 
+    detect = commands.add_parser("detect", help="draw a detection model's boxes (and masks) on images")
+    detect.add_argument("model", help="a .keras file, a SavedModel directory, or a registered detection model "
+                                      "(then give --weights)")
+    detect.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...), any size")
+    detect.add_argument("--out", required=True, help="folder for <name>_detections.png and detections.json")
+    detect.add_argument("--threshold", type=float, default=0.5, help="score a detection needs to be drawn "
+                                                                       "(detections.json lists them all; default 0.5)")
+    detect.add_argument("--class-names", default=None, help="names of classes 1, 2, ...: comma-separated, or a file "
+                                                            "with one per line (default: 'class N')")
+    detect.add_argument("--weights", default=None, help="with a model name: its .weights.h5 file")
+    detect.add_argument("--classes", type=int, default=None, help="with a model name: its number of classes")
+    detect.add_argument("--backbone", default=None, help="with a model name: its backbone (e.g. mobilenet_v2)")
+    detect.add_argument("--alpha", type=float, default=None, help="with a MobileNetV2 backbone: its width")
+    detect.add_argument("--input-shape", default=None, help="with a model name: H,W,3 it was trained at")
+
     track = commands.add_parser("track", help="track one object through a folder of frames with a SINT tracker")
     track.add_argument("frames_dir", help="a folder of frames (PNG, JPEG, ...), in name order, all one size")
     track.add_argument("--box", required=True, help="x,y,w,h: the target in the first frame, in pixels")
@@ -294,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         print("serve it with:\n  " + serving_command(path))
     elif args.command == "segment":
         _segment(args)
+    elif args.command == "detect":
+        _detect(args)
     elif args.command == "track":
         _track(args)
     elif args.command == "explain":

@@ -1,0 +1,227 @@
+"""Detection on a GPU under Keras' JAX backend: the CPU runs' detectors with longer schedules and larger images.
+
+    KERAS_BACKEND=jax python benchmarks/gpu/detection.py --data DIR [--out DIR] [--seconds 180] [--quick]
+
+The GPU machine has JAX but no TensorFlow, so nothing here touches ``tf.data`` or TFDS: the
+staged Raccoon files (the author's 160 / 40 split, VOC XML boxes) are read with PIL and
+ElementTree, letterboxed in NumPy the way ``hybrid_keras.detection.letterbox`` does it, and fed
+to ``model.fit`` through a ``keras.utils.PyDataset`` that flips images left-right at random.
+The model, its losses and its detection dictionary are the zoo's ``faster_rcnn``, as on the
+CPU (``benchmarks/detection/raccoon.py``), from random initialisation; scores are the
+project's ``coco_metrics`` (equal to pycocotools, which the GPU image lacks) and
+``voc_average_precision``.
+
+Writes ``detection_gpu.json``, ``detection_gpu_raccoon.png`` (test images: ground truth
+beside the predictions) and ``detection_gpu_training.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def raccoon_split(data_dir: Path, split: str):
+    """``(images [uint8 H x W x 3], boxes [float32 G x 4 pixel x1 y1 x2 y2])`` of the author's split."""
+    names = []
+    with open(data_dir / f"{split}_labels.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["filename"] not in names:
+                names.append(row["filename"])
+    images, boxes = [], []
+    for name in names:
+        image = np.asarray(Image.open(data_dir / "images" / name).convert("RGB"))
+        height, width = image.shape[:2]
+        objects = ElementTree.parse(data_dir / "annotations" / (Path(name).stem + ".xml")).getroot().findall("object")
+        corners = [[float(node.find(f"bndbox/{key}").text) for key in ("xmin", "ymin", "xmax", "ymax")]
+                   for node in objects]
+        images.append(image)
+        boxes.append(np.clip(np.array(corners, np.float32), 0, [width, height, width, height]))
+    return images, boxes
+
+
+def letterbox_numpy(image: np.ndarray, size: int):
+    """``(uint8 [size, size, 3], scale)``: resized with the aspect ratio kept (bilinear, antialiased
+    when shrinking, as PIL does it), padded with zeros below and to the right."""
+    height, width = image.shape[:2]
+    scale = min(size / height, size / width)
+    resized = Image.fromarray(image).resize((max(1, round(width * scale)), max(1, round(height * scale))),
+                                            Image.BILINEAR)
+    out = np.zeros((size, size, 3), np.uint8)
+    out[:resized.height, :resized.width] = np.asarray(resized)
+    return out, scale
+
+
+def training_arrays(images, boxes, size: int, max_boxes: int):
+    """Letterboxed images and the ``{"boxes", "labels"}`` targets, ``-1`` labels on padding rows."""
+    x = np.zeros((len(images), size, size, 3), np.uint8)
+    y_boxes = np.zeros((len(images), max_boxes, 4), np.float32)
+    y_labels = np.full((len(images), max_boxes), -1, np.int32)
+    for i, (image, image_boxes) in enumerate(zip(images, boxes)):
+        x[i], scale = letterbox_numpy(image, size)
+        count = min(len(image_boxes), max_boxes)
+        y_boxes[i, :count] = image_boxes[:count] * scale
+        y_labels[i, :count] = 0
+    return x, {"boxes": y_boxes, "labels": y_labels}
+
+
+def flipped_batches(x, y, batch_size: int, seed: int):
+    import keras
+
+    class FlippedBatches(keras.utils.PyDataset):
+        """Shuffled batches, each image mirrored left-right with probability 1/2 (boxes follow)."""
+
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(x))
+
+        def __len__(self):
+            return len(x) // batch_size
+
+        def __getitem__(self, index):
+            chosen = self.order[index * batch_size:(index + 1) * batch_size]
+            images, boxes, labels = x[chosen].copy(), y["boxes"][chosen].copy(), y["labels"][chosen]
+            width = images.shape[2]
+            for i in np.flatnonzero(self.rng.random(len(chosen)) < 0.5):
+                images[i] = images[i, :, ::-1]
+                present = labels[i] >= 0
+                boxes[i, present] = np.stack([width - boxes[i, present, 2], boxes[i, present, 1],
+                                              width - boxes[i, present, 0], boxes[i, present, 3]], axis=-1)
+            return images, {"boxes": boxes, "labels": labels}
+
+        def on_epoch_end(self):
+            self.order = self.rng.permutation(len(x))
+
+    return FlippedBatches()
+
+
+def step_counter():
+    import keras
+
+    class StepCounter(keras.callbacks.Callback):
+        """Counts training batches (under JAX the optimizer's own counter is synced only at the end)."""
+
+        count = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.count += 1
+
+    return StepCounter()
+
+
+def predict(model, images, size: int, batch_size: int = 8):
+    """Detections per image in its own pixels (labels 0-based) and seconds per image (after a warm-up)."""
+    import keras
+
+    x = np.stack([letterbox_numpy(image, size)[0] for image in images])
+    scales = np.array([letterbox_numpy(image, size)[1] for image in images], np.float32)
+    model.predict(x[:batch_size], verbose=0)  # compile
+    start = time.perf_counter()
+    outputs = model.predict(x, batch_size=batch_size, verbose=0)
+    seconds = (time.perf_counter() - start) / len(images)
+    outputs = {k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()}
+    detections = []
+    for i in range(len(images)):
+        count = int(outputs["num_detections"][i])
+        yxyx = outputs["detection_boxes"][i, :count] * size / scales[i]
+        detections.append({"boxes": yxyx[:, [1, 0, 3, 2]], "scores": outputs["detection_scores"][i, :count],
+                           "labels": outputs["detection_classes"][i, :count].astype(int) - 1})
+    return detections, seconds
+
+
+def faster_rcnn_raccoon(data_dir: Path, out: Path, *, seconds: float, size: int, alpha: float, batch_size: int,
+                        learning_rate: float, seed: int, quick: bool) -> dict:
+    import keras
+
+    import zoo
+    from benchmarks.detection.raccoon import DETECTOR, LOSSES, plot_detections, plot_training
+    from hybrid_keras.callbacks import TimeBudget
+    from hybrid_keras.detection import coco_metrics, voc_average_precision
+
+    keras.utils.set_random_seed(seed)
+    train_images, train_boxes = raccoon_split(data_dir / "raccoon", "train")
+    test_images, test_boxes = raccoon_split(data_dir / "raccoon", "test")
+    if quick:
+        test_images, test_boxes = test_images[:8], test_boxes[:8]
+    x, y = training_arrays(train_images, train_boxes, size, max_boxes=8)
+    model = zoo.load("faster_rcnn", backbone="mobilenet_v2", alpha=alpha, classes=1, input_shape=(size, size, 3),
+                     seed=seed, **DETECTOR)
+    for layer in model.backbone.layers:  # as on the CPU: faster-moving BN statistics from scratch
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    model.compile(keras.optimizers.Adam(learning_rate, clipnorm=10.0))
+    print(f"training faster_rcnn ({model.count_params():,} parameters) at {size} px for {seconds:.0f} s", flush=True)
+    steps = step_counter()
+    start = time.perf_counter()
+    history = model.fit(flipped_batches(x, y, batch_size, seed), epochs=100_000, verbose=2,
+                        callbacks=[TimeBudget(seconds), steps]).history
+    wall = time.perf_counter() - start
+    steps = steps.count
+
+    truth = [{"boxes": boxes, "labels": np.zeros(len(boxes), int)} for boxes in test_boxes]
+    detections, seconds_per_image = predict(model, test_images, size)
+    coco = coco_metrics(truth, detections)
+    voc = voc_average_precision(truth, detections)
+    plot_detections(test_images, truth, detections, out / "detection_gpu_raccoon.png")
+    plot_training(history, out / "detection_gpu_training.png")
+    print(f"raccoon: {steps} steps in {wall:.0f} s; AP {coco['AP']:.3f} AP50 {coco['AP50']:.3f} "
+          f"VOC AP50 {voc['mAP']:.3f}; {seconds_per_image * 1000:.1f} ms per image", flush=True)
+    return {
+        "data": f"raccoon: train 160 (the author's split), test {len(test_images)}; letterboxed to {size}x{size}",
+        "model": f"zoo faster_rcnn, mobilenet_v2 alpha {alpha} backbone at stride 16, random initialisation",
+        "detector": {k: list(v) if isinstance(v, tuple) else v for k, v in DETECTOR.items()},
+        "training": {"seconds_budget": seconds, "wall_seconds": wall, "steps": steps,
+                     "epochs": len(history["loss"]), "batch_size": batch_size,
+                     "optimizer": f"Adam {learning_rate}, clipnorm 10", "augmentation": "left-right flips",
+                     "final_losses": {name: history[name][-1] for name in LOSSES + ("loss",)},
+                     "note": "wall seconds include the XLA compilation of the training step"},
+        "history": {name: history[name] for name in LOSSES + ("loss",)},
+        "test": {"coco": coco, "voc_ap50": voc["mAP"], "inference_seconds_per_image": seconds_per_image,
+                 "inference_batch_size": 8},
+    }
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    from benchmarks.gpu.run import machine
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder holding raccoon/ (the staged data)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--seconds", type=float, default=180.0, help="Faster R-CNN training budget")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="160-pixel images, 20 s: a check that it runs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.size, args.alpha, args.batch_size = 20.0, 160, 0.35, 4
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {"machine": machine(), "quick": args.quick}
+    print(json.dumps(results["machine"]), flush=True)
+    results["faster_rcnn_raccoon"] = faster_rcnn_raccoon(
+        args.data, args.out, seconds=args.seconds, size=args.size, alpha=args.alpha, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, seed=args.seed, quick=args.quick)
+    results["tensorflow_imported"] = "tensorflow" in sys.modules
+    (args.out / "detection_gpu.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print(f"wrote {args.out / 'detection_gpu.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
