@@ -7,3 +7,4 @@ from zoo.architectures import autoencoders  # noqa: F401
 from zoo.architectures import spatial_transformer  # noqa: F401
 from zoo.architectures import char_rnn  # noqa: F401
 from zoo.architectures import faster_rcnn  # noqa: F401
+from zoo.architectures import rcnn  # noqa: F401
