@@ -376,26 +376,36 @@ _STORAGE_DISTANCES = textwrap.dedent(
     from test_fanng_ops import _stored, brute_force
     rng = np.random.default_rng(61)
     worst = 0.0
+
+    def check(vectors, queries, storage, metric):
+        global worst
+        stored, scale, offset, values = _stored(vectors, storage)
+        neighbours, entry, _ = ops.build_graph(stored, max_degree=6, metric=metric, scale=scale, offset=offset)
+        ids, d = ops.search(stored, neighbours, entry, queries, k=50, budget=50, metric=metric, scale=scale,
+                            offset=offset)
+        ids = ids.numpy()
+        q = queries.astype(np.float64)
+        if metric == "l2":
+            want = ((q[:, None, :] - values[ids]) ** 2).sum(-1)
+        else:
+            want = -(q[:, None, :] * values[ids]).sum(-1)
+        scale_of = np.abs(want).max() + 1.0
+        worst = max(worst, float(np.abs(d.numpy() - want).max() / scale_of))
+        _, truth_d = brute_force(values, queries, 50, metric=metric)
+        worst = max(worst, float(np.abs(np.sort(d.numpy(), 1) - truth_d).max() / scale_of))
+
     for dim in (1, 7, 8, 31, 33, 64, 100):  # every tail length of the SIMD loops
         vectors = (rng.normal(size=(50, dim)) * 3).astype(np.float32)
         queries = (rng.normal(size=(5, dim)) * 3).astype(np.float32)
         for storage in ("float32", "float16", "uint8"):
-            metrics = ("l2",) if storage == "uint8" else ("l2", "ip")
-            for metric in metrics:
-                stored, scale, offset, values = _stored(vectors, storage)
-                neighbours, entry, _ = ops.build_graph(stored, max_degree=6, metric=metric, scale=scale, offset=offset)
-                ids, d = ops.search(stored, neighbours, entry, queries, k=50, budget=50, metric=metric, scale=scale,
-                                    offset=offset)
-                ids = ids.numpy()
-                q = queries.astype(np.float64)
-                if metric == "l2":
-                    want = ((q[:, None, :] - values[ids]) ** 2).sum(-1)
-                else:
-                    want = -(q[:, None, :] * values[ids]).sum(-1)
-                scale_of = np.abs(want).max() + 1.0
-                worst = max(worst, float(np.abs(d.numpy() - want).max() / scale_of))
-                _, truth_d = brute_force(values, queries, 50, metric=metric)
-                worst = max(worst, float(np.abs(np.sort(d.numpy(), 1) - truth_d).max() / scale_of))
+            for metric in ("l2",) if storage == "uint8" else ("l2", "ip"):
+                check(vectors, queries, storage, metric)
+        # Bytes (SIFT-like): lossless codes; integral queries take the integer kernel, one
+        # fractional value sends a query back to the float kernel.
+        codes = rng.integers(0, 256, size=(50, dim)).astype(np.float32)
+        byte_queries = rng.integers(0, 256, size=(6, dim)).astype(np.float32)
+        byte_queries[-1, 0] += 0.5
+        check(codes, byte_queries, "uint8", "l2")
     print(worst)
     """
 )
