@@ -12,6 +12,16 @@ back onto the original image.
 into ``(images uint8 [B, H, W, 3], {"boxes": float32 [B, G, 4] pixel [x1, y1, x2, y2],
 "labels": int32 [B, G]})`` with ``-1`` labels (and zero boxes) on padding rows.
 
+With ``masks=True`` (Mask R-CNN), the examples' instance masks ``objects/segmentation``
+(uint8 ``[N, H, W, 1]``, nonzero inside, the image's height and width: TFDS's ``lvis`` and
+this project's ``coco128`` ``instances`` config) are letterboxed like the image (the same
+resizing and padding; a resized mask is inside where it reaches half of 255) and come as
+``y["masks"]`` uint8 0/1 ``[B, G, H, W]``, one per box row, zeros on padding rows. A
+segmentation feature of the wrong rank or channels is a ``ValueError`` when the pipeline is
+built; masks of another height or width than their image, or another count than the labels,
+are a ``tf.errors.InvalidArgumentError`` while reading (a ``ValueError`` where the shapes are
+static).
+
 Checks, while the data is read (a ``tf.errors.InvalidArgumentError`` naming the problem):
 boxes with ``ymax < ymin`` or ``xmax < xmin``, labels outside ``[0, classes)``, more than
 ``max_boxes`` objects in one image, images without 3 channels (known from the dataset's
@@ -65,9 +75,22 @@ def restore_boxes(boxes, resized_size, image_size):
     return tf.clip_by_value(tf.cast(boxes, tf.float32) * factors, 0.0, 1.0)
 
 
+def _check_segmentation_spec(shape, image_shape, name: str) -> None:
+    """A ``ValueError`` unless ``shape`` can be ``[N, H, W, 1]`` with the image's ``H, W``."""
+    if shape.rank is not None and (shape.rank != 4 or shape[-1] not in (None, 1)):
+        raise ValueError(f"{name} must be instance masks [N, H, W, 1] (uint8, the image's height and width). "
+                         f"Received: shape {shape}")
+    if shape.rank == 4 and image_shape.rank == 3:
+        for axis, (mask_side, image_side) in enumerate(zip(shape[1:3], image_shape[:2])):
+            if mask_side is not None and image_side is not None and mask_side != image_side:
+                raise ValueError(f"{name} must have the image's height and width {tuple(image_shape[:2])}. Received: "
+                                 f"shape {shape}")
+
+
 def detection_example(example, *, image_size, classes: int, max_boxes: int = 100, image_key: str = "image",
-                      objects_key: str = "objects"):
-    """One TFDS example -> ``(uint8 image [H, W, 3], {"boxes": [G, 4], "labels": [G]})`` (see the module)."""
+                      objects_key: str = "objects", masks: bool = False):
+    """One TFDS example -> ``(uint8 image [H, W, 3], {"boxes": [G, 4], "labels": [G]})``, plus
+    ``"masks" [G, H, W]`` with ``masks=True`` (see the module)."""
     import tensorflow as tf
 
     height, width = _check_size(image_size)
@@ -88,6 +111,19 @@ def detection_example(example, *, image_size, classes: int, max_boxes: int = 100
         tf.debugging.assert_greater_equal(labels, 0, message=f"{objects_key}/label must be in [0, {classes})"),
         tf.debugging.assert_less(labels, classes, message=f"{objects_key}/label must be in [0, {classes})"),
     ]
+    if masks:
+        name = f"{objects_key}/segmentation"
+        if "segmentation" not in objects:
+            raise ValueError(f"masks=True needs {name} (instance masks [N, H, W, 1]). Received: {objects_key} with "
+                             f"keys {sorted(objects)}")
+        segmentation = tf.convert_to_tensor(objects["segmentation"])
+        _check_segmentation_spec(segmentation.shape, image.shape, name)
+        checks += [
+            tf.debugging.assert_equal(tf.shape(segmentation)[1:3], tf.shape(image)[:2],
+                                      message=f"{name} must have the image's height and width"),
+            tf.debugging.assert_equal(tf.shape(segmentation)[0], tf.shape(labels)[0],
+                                      message=f"{name} must have one mask per {objects_key}/label"),
+        ]
     with tf.control_dependencies(checks):
         padded, resized_size = letterbox(image, (height, width))
     scale = tf.cast(tf.stack([resized_size[1], resized_size[0], resized_size[1], resized_size[0]]), tf.float32)
@@ -98,12 +134,18 @@ def detection_example(example, *, image_size, classes: int, max_boxes: int = 100
     pad = max_boxes - tf.shape(labels)[0]
     boxes = tf.ensure_shape(tf.pad(boxes, [[0, pad], [0, 0]]), (max_boxes, 4))
     labels = tf.ensure_shape(tf.pad(labels, [[0, pad]], constant_values=-1), (max_boxes,))
-    return tf.cast(padded, tf.uint8), {"boxes": boxes, "labels": labels}
+    targets = {"boxes": boxes, "labels": labels}
+    if masks:
+        inside = tf.cast(tf.reshape(segmentation, tf.concat([tf.shape(segmentation)[:3], [1]], 0)) > 0, tf.uint8)
+        letterboxed, _ = letterbox(inside * 255, (height, width))  # the image's resizing and padding
+        letterboxed = tf.boolean_mask(tf.cast(letterboxed[..., 0] >= 127.5, tf.uint8), visible)
+        targets["masks"] = tf.ensure_shape(tf.pad(letterboxed, [[0, pad], [0, 0], [0, 0]]), (max_boxes, height, width))
+    return tf.cast(padded, tf.uint8), targets
 
 
 def detection_batches(dataset, *, image_size, batch_size: int, classes: int, max_boxes: int = 100,
                       shuffle: int = 0, seed=None, drop_remainder: bool = True, repeat: bool = False,
-                      image_key: str = "image", objects_key: str = "objects"):
+                      image_key: str = "image", objects_key: str = "objects", masks: bool = False):
     """A TFDS split of detection examples -> ``model.fit`` batches (see the module).
 
     ``shuffle``: a buffer size (0: keep the order). ``drop_remainder`` keeps every batch
@@ -124,11 +166,17 @@ def detection_batches(dataset, *, image_size, batch_size: int, classes: int, max
     if image_spec.shape.rank is not None and (image_spec.shape.rank != 3 or image_spec.shape[-1] not in (None, 3)):
         raise ValueError(f"{image_key} must be RGB images [H, W, 3] (convert grayscale with "
                          f"tf.image.grayscale_to_rgb). Received: shape {image_spec.shape}")
+    if masks:
+        objects_spec = spec[objects_key]
+        if not isinstance(objects_spec, dict) or "segmentation" not in objects_spec:
+            raise ValueError(f"masks=True needs {objects_key}/segmentation (instance masks [N, H, W, 1]). Received: "
+                             f"element_spec {spec}")
+        _check_segmentation_spec(objects_spec["segmentation"].shape, image_spec.shape, f"{objects_key}/segmentation")
 
     @tf.autograph.experimental.do_not_convert  # no tensor-dependent Python control flow: skip autograph's slow rewrite
     def convert(example):
         return detection_example(example, image_size=image_size, classes=classes, max_boxes=max_boxes,
-                                 image_key=image_key, objects_key=objects_key)
+                                 image_key=image_key, objects_key=objects_key, masks=masks)
 
     if shuffle:
         dataset = dataset.shuffle(shuffle, seed=seed, reshuffle_each_iteration=True)

@@ -32,6 +32,9 @@ G, 4] pixels, "labels": [B, G] with -1 padding})``. :meth:`FasterRCNN.compute_lo
 targets inside the step (``hybrid_keras.detection.targets``) and returns the sum of the four
 losses, each also reported as a metric. Training is torchvision's approximate joint training:
 no gradient flows through the proposals' coordinates.
+
+:class:`MaskRCNN` (He et al., ICCV 2017) adds a mask branch: a fifth loss, ``y["masks"]`` in
+training and ``detection_masks`` at inference.
 """
 
 from __future__ import annotations
@@ -42,10 +45,12 @@ from keras import ops
 from hybrid_keras.detection.anchors import anchor_grid
 from hybrid_keras.detection.boxes import BoxCoder, clip_boxes, to_yxyx_normalized
 from hybrid_keras.detection.nms import nms_keep_mask
-from hybrid_keras.detection.targets import anchor_targets, batched_take, head_losses, proposal_targets, rpn_losses
+from hybrid_keras.detection.targets import (anchor_targets, batched_take, class_masks, head_losses, mask_loss,
+                                            mask_targets, proposal_targets, rpn_losses)
 from hybrid_keras.layers.roi import RoIAlign, RoIPooling
 
 DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+MASK_OUTPUTS = DETECTION_OUTPUTS + ("detection_masks",)
 RPN_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 HEAD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 ROI_POOLINGS = ("align", "max")
@@ -160,6 +165,8 @@ class FasterRCNN(keras.Model):
     """
 
     task = "detection"
+    predicts_masks = False
+    detection_outputs = DETECTION_OUTPUTS
 
     def __init__(self, backbone, classes: int, *, image_shape, feature_stride: int = 16, rpn: bool = True,
                  anchor_sizes=(32, 64, 128, 256, 512), aspect_ratios=(0.5, 1.0, 2.0), anchor_offset: float = 0.0,
@@ -309,14 +316,18 @@ class FasterRCNN(keras.Model):
         outputs.update(proposals=proposals, proposal_valid=valid)
         return outputs
 
-    def head(self, features, boxes):
-        """The RoI head on ``boxes [B, N, 4]`` of each image: ``(class logits [B N, K + 1],
-        box deltas [B N, 4 (K + 1)])``, rows image-major."""
+    def _rois(self, features, boxes):
+        """RoI rows ``[B N, 5]`` ``(batch_index, x1, y1, x2, y2)`` of ``boxes [B, N, 4]``, shifted by ``roi_shift``."""
         count = boxes.shape[1]
         batch = ops.shape(features)[0]
         index = ops.cast(ops.repeat(ops.arange(batch), count), "float32")
         rois = ops.concatenate([index[:, None], ops.reshape(boxes, (-1, 4)) - self.roi_shift], axis=1)
-        x = self.roi_pool([features, ops.stop_gradient(rois)])
+        return ops.stop_gradient(rois)
+
+    def head(self, features, boxes):
+        """The RoI head on ``boxes [B, N, 4]`` of each image: ``(class logits [B N, K + 1],
+        box deltas [B N, 4 (K + 1)])``, rows image-major."""
+        x = self.roi_pool([features, self._rois(features, boxes)])
         x = ops.reshape(x, (-1, self.roi_size * self.roi_size * self.feature_shape[2]))
         x = self.fc7(self.fc6(x))
         return self.class_logits(x), self.box_deltas(x)
@@ -325,6 +336,10 @@ class FasterRCNN(keras.Model):
         outputs = self.first_stage(inputs, training=training)
         if training:
             return outputs
+        return self.detections(outputs)
+
+    def detections(self, outputs):
+        """The detection dictionary (:func:`detect`) from :meth:`first_stage`'s outputs."""
         logits, deltas = self.head(outputs["features"], outputs["proposals"])
         count = outputs["proposals"].shape[1]
         return detect(outputs["proposals"], outputs["proposal_valid"], ops.reshape(logits, (-1, count, self.classes + 1)),
@@ -345,6 +360,7 @@ class FasterRCNN(keras.Model):
                              + (f" with keys {sorted(y)}" if isinstance(y, dict) else ""))
         if sample_weight is not None:
             raise ValueError("sample_weight is not supported by detection models. Received: a sample_weight")
+        self._check_mask_targets(y)
         if "features" not in y_pred:  # evaluate() calls the model in inference mode
             y_pred = self.first_stage(x, training=False)
         gt_boxes, gt_labels = ops.cast(y["boxes"], "float32"), ops.cast(y["labels"], "int32")
@@ -356,18 +372,31 @@ class FasterRCNN(keras.Model):
                 positive_fraction=self.rpn_positive_fraction, seed=self.seed_generator)
             terms["rpn_objectness_loss"], terms["rpn_box_loss"] = rpn_losses(
                 y_pred["rpn_objectness"], y_pred["rpn_deltas"], positive, negative, targets)
-        boxes, classes, weights, targets = proposal_targets(
+        sampled = proposal_targets(
             y_pred["proposals"], y_pred["proposal_valid"], gt_boxes, gt_labels, iou_threshold=self.roi_iou_threshold,
-            batch_size=self.roi_batch_size, positive_fraction=self.roi_positive_fraction, seed=self.seed_generator)
-        logits, deltas = self.head(y_pred["features"], boxes)
-        terms["classifier_loss"], terms["box_loss"] = head_losses(
-            logits, deltas, ops.reshape(classes, (-1,)), ops.reshape(weights, (-1,)), ops.reshape(targets, (-1, 4)))
+            batch_size=self.roi_batch_size, positive_fraction=self.roi_positive_fraction, seed=self.seed_generator,
+            return_matches=self.predicts_masks)
+        terms.update(self.roi_losses(y_pred["features"], sampled, y))
         for name, value in terms.items():
             self.loss_terms[name].update_state(value)
         total = ops.sum(ops.stack(list(terms.values())))
         for loss in self.losses:  # weight regularisers, if any
             total = total + self._aggregate_additional_loss(loss)
         return total
+
+    def roi_losses(self, features, sampled, y):
+        """The RoI head's loss terms on the sampled boxes (:func:`proposal_targets`'s outputs)."""
+        boxes, classes, weights, targets = sampled[:4]
+        logits, deltas = self.head(features, boxes)
+        losses = head_losses(logits, deltas, ops.reshape(classes, (-1,)), ops.reshape(weights, (-1,)),
+                             ops.reshape(targets, (-1, 4)))
+        return dict(zip(("classifier_loss", "box_loss"), losses))
+
+    def _check_mask_targets(self, y):
+        if "masks" in y:
+            raise ValueError(f"y has 'masks', but {type(self).__name__} has no mask head (use MaskRCNN, zoo "
+                             "'mask_rcnn', or leave masks out: detection_batches(masks=False)). Received: y with "
+                             f"keys {sorted(y)}")
 
     # ------------------------------------------------------------------ serialisation
 
@@ -395,3 +424,108 @@ class FasterRCNN(keras.Model):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="hybrid_keras")
+class MaskRCNN(FasterRCNN):
+    """Mask R-CNN (K. He, G. Gkioxari, P. Dollar, R. Girshick, "Mask R-CNN", ICCV 2017):
+    :class:`FasterRCNN` plus a mask branch, on one feature map (the paper's C4-style single map,
+    torchvision's mask head).
+
+    The mask branch: RoIAlign at ``mask_roi_size`` (14; aligned, sampling ratio 2) of each box,
+    four 3x3 convolutions of ``mask_channels`` (256 in the paper) with ReLU, a 2x2 stride-2
+    transposed convolution with ReLU and a 1x1 convolution to one mask logit per class at
+    ``2 mask_roi_size`` (28). Training runs it on the positive sampled proposals (at most
+    ``roi_batch_size * roi_positive_fraction`` per image); its loss is the per-pixel sigmoid
+    binary cross-entropy of the ground-truth class's mask only
+    (:func:`~hybrid_keras.detection.targets.mask_loss`) against the matched instance mask
+    cropped to the proposal (:func:`~hybrid_keras.detection.targets.mask_targets`).
+    ``y`` needs ``"masks"``: ``[B, G, H, W]`` 0/1 in the model's input pixels, one per box row
+    (``detection_batches(..., masks=True)`` makes them).
+
+    Inference adds ``detection_masks`` float32 ``[B, max_detections, m, m]``: for each
+    detection, the mask probabilities of its class inside its box (box-relative, as the TF
+    Object Detection API exports them; zeros on padding rows).
+    :func:`hybrid_keras.detection.paste_masks` puts them onto the image.
+    """
+
+    predicts_masks = True
+    detection_outputs = MASK_OUTPUTS
+
+    def __init__(self, backbone, classes: int, *, mask_channels: int = 256, mask_roi_size: int = 14, seed=None,
+                 **kwargs):
+        super().__init__(backbone, classes, seed=seed, **kwargs)
+        for name, value in (("mask_channels", mask_channels), ("mask_roi_size", mask_roi_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int. Received: {name}={value!r}")
+        self.mask_channels = mask_channels
+        self.mask_roi_size = mask_roi_size
+        self.mask_size = 2 * mask_roi_size
+        self.mask_pool = RoIAlign(mask_roi_size, 1.0 / self.feature_stride, sampling_ratio=2, aligned=True,
+                                  name="mask_roi_align")
+        he = keras.initializers.HeNormal(seed=seed)
+        self.mask_convs = [keras.layers.Conv2D(mask_channels, 3, padding="same", activation="relu",
+                                               kernel_initializer=he, name=f"mask_conv{i}") for i in range(1, 5)]
+        self.mask_upsample = keras.layers.Conv2DTranspose(mask_channels, 2, strides=2, activation="relu",
+                                                          kernel_initializer=he, name="mask_upsample")
+        self.mask_logits = keras.layers.Conv2D(classes, 1, kernel_initializer=he, name="mask_logits")
+        channels = self.feature_shape[2]
+        for layer in self.mask_convs:
+            layer.build((None, mask_roi_size, mask_roi_size, channels))
+            channels = mask_channels
+        self.mask_upsample.build((None, mask_roi_size, mask_roi_size, mask_channels))
+        self.mask_logits.build((None, self.mask_size, self.mask_size, mask_channels))
+        self.loss_terms["mask_loss"] = keras.metrics.Mean(name="mask_loss")
+
+    def mask_head(self, features, boxes):
+        """Mask logits ``[B N, m, m, K]`` of ``boxes [B, N, 4]`` (pixels), rows image-major."""
+        x = self.mask_pool([features, self._rois(features, boxes)])
+        for layer in self.mask_convs:
+            x = layer(x)
+        return self.mask_logits(self.mask_upsample(x))
+
+    def call(self, inputs, training=False):
+        outputs = self.first_stage(inputs, training=training)
+        if training:
+            return outputs
+        detections = self.detections(outputs)
+        detections["detection_masks"] = self.detection_masks(outputs["features"], detections)
+        return detections
+
+    def detection_masks(self, features, detections):
+        """``[B, M, m, m]`` mask probabilities of each detection's class in its box; 0 on padding rows."""
+        height, width = self.image_shape[:2]
+        yxyx = detections["detection_boxes"]
+        count = yxyx.shape[1]
+        boxes = ops.stack([yxyx[..., 1] * width, yxyx[..., 0] * height, yxyx[..., 3] * width, yxyx[..., 2] * height],
+                          axis=-1)
+        classes = ops.reshape(ops.cast(detections["detection_classes"], "int32"), (-1,))
+        masks = ops.sigmoid(class_masks(self.mask_head(features, boxes), classes))
+        masks = ops.where((classes > 0)[:, None, None], masks, 0.0)
+        return ops.reshape(masks, (-1, count, self.mask_size, self.mask_size))
+
+    def roi_losses(self, features, sampled, y):
+        terms = super().roi_losses(features, sampled, y)
+        boxes, classes, weights, _, matches = sampled
+        foreground = ops.cast(classes > 0, "float32") * weights
+        count = min(boxes.shape[1], max(1, int(self.roi_batch_size * self.roi_positive_fraction)))
+        _, chosen = ops.top_k(foreground, count)  # the positives first
+        boxes, classes, foreground, matches = (batched_take(v, chosen) for v in (boxes, classes, foreground, matches))
+        targets = mask_targets(y["masks"], matches, boxes, self.mask_size)
+        terms["mask_loss"] = mask_loss(self.mask_head(features, boxes), ops.reshape(classes, (-1,)),
+                                       ops.reshape(foreground, (-1,)),
+                                       ops.reshape(targets, (-1, self.mask_size, self.mask_size)))
+        return terms
+
+    def _check_mask_targets(self, y):
+        if "masks" not in y:
+            raise ValueError("y must have 'masks' [B, G, H, W] (0/1 instance masks in the model's input pixels, one "
+                             "per box row: detection_batches(..., masks=True)). Received: y with keys "
+                             f"{sorted(y)}")
+        shape, labels = tuple(y["masks"].shape), tuple(y["labels"].shape)
+        if len(shape) != 4 or shape[1] != labels[1] or shape[2:] != self.image_shape[:2]:
+            raise ValueError(f"masks must be [B, G, {self.image_shape[0]}, {self.image_shape[1]}] with G = the labels' "
+                             f"{labels[1]} rows. Received: shape {shape}")
+
+    def get_config(self):
+        return {**super().get_config(), "mask_channels": self.mask_channels, "mask_roi_size": self.mask_roi_size}

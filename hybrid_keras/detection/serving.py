@@ -1,4 +1,4 @@
-"""SavedModel export of detection models (the zoo's Faster R-CNN) for TF Serving.
+"""SavedModel export of detection models (the zoo's Faster and Mask R-CNN) for TF Serving.
 
 ``hybrid_keras.export_saved_model`` hands a model with ``task == "detection"`` here. The
 model takes one fixed input size; the signatures take images of any size and letterbox them
@@ -18,7 +18,10 @@ signature               input                                 meaning
 Each returns the TF Object Detection API dictionary: ``detection_boxes`` float32 [batch, M, 4]
 normalised ``[ymin, xmin, ymax, xmax]`` of each *original* image, ``detection_scores``,
 ``detection_classes`` (float32, 1-based: a dataset's 0-based label + 1; 0 on padding rows)
-and ``num_detections``. The model itself is traced once and shared by the three signatures.
+and ``num_detections``; Mask R-CNN adds ``detection_masks`` float32 [batch, M, 28, 28], mask
+probabilities inside each box (box-relative, so they hold for the original image's boxes as
+they are: ``hybrid_keras.detection.paste_masks`` puts them on the image). The model itself is
+traced once and shared by the three signatures.
 
 The export verifies itself as the others do: a fresh TensorFlow-only process serves images of
 two sizes through every signature and must reproduce the Keras model to 1e-5.
@@ -32,6 +35,11 @@ from hybrid_keras.detection.models import DETECTION_OUTPUTS
 
 # Verification sizes (height, width): one wider and one taller than square.
 VERIFY_SIZES = ((45, 70), (90, 52))
+
+
+def _outputs(model) -> tuple[str, ...]:
+    """The served output names: the TF OD API dictionary, with ``detection_masks`` for Mask R-CNN."""
+    return getattr(model, "detection_outputs", DETECTION_OUTPUTS)
 
 
 def _serving_functions(model):
@@ -91,7 +99,7 @@ def export_detection_model(model, path, *, verify: bool = True, verify_inputs=No
     archive.add_endpoint("serve_uint8", serve_uint8, [tf.TensorSpec(shape, tf.uint8, name="images")])
     archive.add_endpoint("serve_image_bytes", serve_image_bytes, [tf.TensorSpec((None,), tf.string, name="image_bytes")])
     metadata = {
-        "model": model.name, "task": "detection", "outputs": list(DETECTION_OUTPUTS), "classes": model.classes,
+        "model": model.name, "task": "detection", "outputs": list(_outputs(model)), "classes": model.classes,
         "detection_classes": "1-based: a dataset's 0-based label + 1; 0 on padding rows",
         "image_shape": [None, None, channels], "model_input_shape": list(model.image_shape),
         "resizing": "longer side fitted to the model's input, aspect ratio kept, zero padding bottom/right; "
@@ -137,7 +145,7 @@ def verify_detection_export(model, path, *, inputs=None, seed: int = 0, run=None
         _, name, case = key.split("/")
         differences[key] = max_relative_difference(value, expected[int(case)][name])
     wanted = {f"{signature}/{name}/{case}" for signature in ("serving_default", "serve_uint8", "serve_image_bytes")
-              for name in DETECTION_OUTPUTS for case in expected}
+              for name in _outputs(model) for case in expected}
     if wanted - set(differences):
         raise ExportVerificationError(f"the SavedModel at {path} lacks outputs {sorted(wanted - set(differences))}")
     worst = max(differences, key=differences.get)

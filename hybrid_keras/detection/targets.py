@@ -81,14 +81,16 @@ def anchor_targets(anchors, gt_boxes, gt_labels, *, low: float = 0.3, high: floa
 
 def proposal_targets(proposals, proposal_valid, gt_boxes, gt_labels, *, iou_threshold: float = 0.5,
                      batch_size: int = 512, positive_fraction: float = 0.25, coder: BoxCoder | None = None,
-                     seed=None):
+                     seed=None, return_matches: bool = False):
     """Sample the RoI head's training boxes from ``proposals [B, P, 4]`` (those with
     ``proposal_valid``) plus the ground truth.
 
     Returns ``(boxes [B, S, 4], classes [B, S], weights [B, S], deltas [B, S, 4])`` with
     ``S = min(batch_size, P + G)``: class ids 1..K for foreground (the ground truth's label + 1),
     0 for background; ``weights`` 1 for the sampled boxes, 0 for slots left over when fewer
-    were sampled; ``deltas`` the targets of foreground boxes (0 elsewhere).
+    were sampled; ``deltas`` the targets of foreground boxes (0 elsewhere). With
+    ``return_matches``, a fifth item: ``matches [B, S]``, the index of each box's ground truth
+    (foreground boxes; 0 elsewhere), which :func:`mask_targets` takes.
     """
     coder = coder or BoxCoder((10.0, 10.0, 5.0, 5.0))
     gt_boxes, gt_labels = ops.cast(gt_boxes, "float32"), ops.cast(gt_labels, "int32")
@@ -104,6 +106,8 @@ def proposal_targets(proposals, proposal_valid, gt_boxes, gt_labels, *, iou_thre
     classes = ops.where(foreground & sampled, batched_take(gt_labels, ops.maximum(matched, 0)) + 1, 0)
     deltas = _regression_targets(gt_boxes, matched, candidates, positive, coder)
     picked = [batched_take(values, chosen) for values in (candidates, classes, ops.cast(sampled, "float32"), deltas)]
+    if return_matches:
+        picked.append(batched_take(ops.where(foreground, matched, 0), chosen))
     return tuple(ops.stop_gradient(v) for v in picked)
 
 
@@ -129,3 +133,56 @@ def head_losses(class_logits, box_deltas, classes, weights, target_deltas):
     foreground = ops.cast(classes > 0, "float32") * weights
     box = ops.sum(smooth_l1(own - target_deltas), axis=-1)
     return ops.sum(cross_entropy * weights) / count, ops.sum(box * foreground) / count
+
+
+def mask_targets(gt_masks, matches, boxes, size: int = 28):
+    """Mask R-CNN's mask targets: each box's matched ground-truth mask cropped to the box and
+    resized to ``size x size``, then thresholded at 0.5 (float32 0/1).
+
+    ``gt_masks [B, G, H, W]`` (0/1, in the model's input pixels), ``matches [B, S]`` indices into
+    ``G`` (:func:`proposal_targets` with ``return_matches``), ``boxes [B, S, 4]`` pixel
+    ``[x1, y1, x2, y2]`` -> ``[B, S, size, size]``. The crop is RoIAlign of the mask (He et al.,
+    2017) as torchvision's ``project_masks_on_boxes`` takes it: spatial scale 1, not aligned
+    (a box is at least one pixel wide), ``ceil(box side / size)`` samples per bin. Each box reads
+    only its own mask, so this contracts per-box bilinear weight rows with that mask
+    (``hybrid_keras.layers.roi``'s weights) instead of calling the batched layer.
+    """
+    from hybrid_keras.layers.roi import _axis_weights
+
+    gt_masks = ops.cast(gt_masks, "float32")
+    height, width = gt_masks.shape[2], gt_masks.shape[3]
+    count = boxes.shape[1]
+    maps = batched_take(gt_masks, ops.cast(matches, "int32"))  # [B, S, H, W]
+    maps = ops.reshape(maps, (-1, height, width))
+    boxes = ops.reshape(ops.cast(boxes, "float32"), (-1, 4))
+    x1, y1 = boxes[:, 0], boxes[:, 1]
+    box_w = ops.maximum(boxes[:, 2] - x1, 1.0)
+    box_h = ops.maximum(boxes[:, 3] - y1, 1.0)
+    weights_y = _axis_weights(y1, box_h, size, ops.ceil(box_h / size), -(-(height + 2) // size), height)
+    weights_x = _axis_weights(x1, box_w, size, ops.ceil(box_w / size), -(-(width + 2) // size), width)
+    crops = ops.einsum("rph,rhw,rqw->rpq", weights_y, maps, weights_x)
+    return ops.stop_gradient(ops.reshape(ops.cast(crops >= 0.5, "float32"), (-1, count, size, size)))
+
+
+def class_masks(mask_logits, classes):
+    """``mask_logits [R, m, m, K]`` -> ``[R, m, m]``: each row's channel of class ``classes [R]``
+    (1..K; class 0, background or padding, reads channel 0)."""
+    mask_logits = ops.convert_to_tensor(mask_logits)
+    columns = mask_logits.shape[-1]
+    chosen = ops.one_hot(ops.maximum(ops.cast(classes, "int32") - 1, 0), columns, dtype=mask_logits.dtype)
+    return ops.sum(mask_logits * chosen[:, None, None, :], axis=-1)
+
+
+def mask_loss(mask_logits, classes, weights, target_masks):
+    """Mask R-CNN's mask loss: per-pixel sigmoid binary cross-entropy of the ground-truth class's
+    mask only (the other classes' masks get no gradient), averaged over the pixels of the
+    weighted boxes.
+
+    ``mask_logits [R, m, m, K]``, ``classes [R]`` 1..K (rows with class 0 or weight 0 do not
+    count), ``weights [R]``, ``target_masks [R, m, m]``.
+    """
+    classes, weights = ops.cast(classes, "int32"), ops.cast(weights, "float32")
+    target_masks = ops.cast(target_masks, "float32")
+    bce = ops.binary_crossentropy(target_masks, class_masks(mask_logits, classes), from_logits=True)  # [R, m, m]
+    counted = weights * ops.cast(classes > 0, "float32")
+    return ops.sum(ops.mean(bce, axis=(1, 2)) * counted) / ops.maximum(ops.sum(counted), 1.0)

@@ -8,3 +8,4 @@ from zoo.architectures import spatial_transformer  # noqa: F401
 from zoo.architectures import char_rnn  # noqa: F401
 from zoo.architectures import faster_rcnn  # noqa: F401
 from zoo.architectures import rcnn  # noqa: F401
+from zoo.architectures import mask_rcnn  # noqa: F401

@@ -45,11 +45,15 @@ _TAKEN = {"include_top", "pooling", "input_tensor", "input_shape", "weights", "c
           "include_preprocessing"}
 
 
-def _detector_options() -> set[str]:
+def _detector_options(detector=None) -> set[str]:
     from hybrid_keras.detection.models import FasterRCNN
 
-    parameters = inspect.signature(FasterRCNN.__init__).parameters
-    return {name for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    options = set()
+    for cls in (detector or FasterRCNN).__mro__:  # a subclass's own options and its parents'
+        if "__init__" in vars(cls) and cls.__module__.startswith("hybrid_keras"):
+            parameters = inspect.signature(cls.__init__).parameters
+            options |= {name for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return options
 
 
 def stride16_features(model, backbone: str):
@@ -62,14 +66,14 @@ def stride16_features(model, backbone: str):
 
 
 def _build(card, *, rpn: bool, backbone, classes, weights, backbone_weights, input_shape, include_preprocessing,
-           roi_pooling, name, kwargs):
+           roi_pooling, name, kwargs, detector=None):
     if not isinstance(backbone, str) or backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}. Received: backbone={backbone!r}")
     input_shape = tuple(input_shape) if input_shape is not None else card.input_shape
     if len(input_shape) != 3 or input_shape[2] != 3 or None in input_shape or min(input_shape[:2]) < 32:
         raise ValueError(f"input_shape must be a fixed (height, width, 3), at least 32 pixels a side (images are "
                          f"resized and padded to it). Received: input_shape={input_shape!r}")
-    options = _detector_options()
+    options = _detector_options(detector)
     taken = sorted((set(kwargs) & _TAKEN) | (set(kwargs) & {"image_shape", "rpn", "feature_stride", "anchor_offset",
                                                              "roi_shift"}))
     if taken:
@@ -83,10 +87,10 @@ def _build(card, *, rpn: bool, backbone, classes, weights, backbone_weights, inp
     centre = BACKBONES[backbone].centre(classifier, STRIDE)
     from hybrid_keras.detection.models import FasterRCNN
 
-    model = FasterRCNN(features, classes, image_shape=input_shape, feature_stride=STRIDE, rpn=rpn,
-                       anchor_offset=centre + 0.5, roi_pooling=roi_pooling,
-                       roi_shift=box_shift(classifier, BACKBONES[backbone], STRIDE),
-                       name=name or f"{card.name}_{backbone}", **detector_kwargs)
+    model = (detector or FasterRCNN)(features, classes, image_shape=input_shape, feature_stride=STRIDE, rpn=rpn,
+                                     anchor_offset=centre + 0.5, roi_pooling=roi_pooling,
+                                     roi_shift=box_shift(classifier, BACKBONES[backbone], STRIDE),
+                                     name=name or f"{card.name}_{backbone}", **detector_kwargs)
     return common.load_weights(model, card, weights, converters={})
 
 
