@@ -68,6 +68,30 @@ def test_boxes_come_back_in_the_photos_pixels():
         Detector(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
 
 
+@keras.saving.register_keras_serializable(package="test_detect_cli")
+class _KnownMasks(_KnownDetections):
+    """The same, with a mask head whose masks cover the left half of each box."""
+
+    def call(self, images, training=False):
+        outputs = super().call(images, training)
+        half = np.zeros((3, 28, 28), np.float32)
+        half[:, :, :14] = 1.0
+        outputs["detection_masks"] = keras.ops.broadcast_to(half, (keras.ops.shape(images)[0], 3, 28, 28))
+        return outputs
+
+
+def test_masks_are_pasted_into_the_photo():
+    # The second box is normalised y 0..0.5, x 0..0.25 of a 32x128 photo. With corner-aligned
+    # grids (photo row r at r / 31, column c at c / 127; mask cell i at i / 27 of the box) rows
+    # r / 31 <= 0.5 are inside (r <= 15), and the half mask is above 0.5 up to cell 13.5, i.e.
+    # c / 127 < 13.5 / 27 * 0.25 (c <= 15).
+    found = Detector(_KnownMasks())(np.zeros((32, 128, 3), np.uint8))
+    assert found["masks"].shape == (2, 32, 128) and found["masks"].dtype == bool
+    expected = np.zeros((32, 128), bool)
+    expected[:16, :16] = True
+    np.testing.assert_array_equal(found["masks"][1], expected)
+
+
 def _tiny_detector():
     images = keras.Input((SIZE, SIZE, 3))
     x = Preprocessing("tf")(images)

@@ -137,7 +137,8 @@ class Detector:
         if "detection_masks" in outputs:
             from hybrid_keras.detection.masks import paste_masks
 
-            found["masks"] = np.asarray(paste_masks(outputs["detection_masks"][:count], found["boxes"], height, width))
+            found["masks"] = paste_masks(outputs["detection_masks"][:count], outputs["detection_boxes"][:count],
+                                         height, width)
         return found
 
 
