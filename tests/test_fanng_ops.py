@@ -94,8 +94,14 @@ def check_rows(vectors, neighbours):
         assert all(a <= b * (1 + 1e-5) + 1e-6 for a, b in zip(lengths, lengths[1:])), f"row {v} not sorted"
 
 
+# The build's occlusion slack for L2 (kOcclusionSlack in fanng_build.cc): q occludes r only
+# when d(q, r) is below d(p, r) / OCCLUSION_SLACK (squared distances).
+OCCLUSION_SLACK = 1.2
+
+
 def occlusion_violations(vectors, neighbours, rel=1e-4):
-    """Kept pairs (q before r in p's row) where q occludes r: d(p,q) < d(p,r) and d(q,r) < d(p,r).
+    """Kept pairs (q before r in p's row) where q occludes r: d(p,q) < d(p,r) and
+    OCCLUSION_SLACK * d(q,r) < d(p,r).
 
     Distances are recomputed in float64, so a strict inequality only counts as a violation
     when it holds by a relative margin (float32 rounding in the kernel can flip exact ties).
@@ -108,7 +114,7 @@ def occlusion_violations(vectors, neighbours, rel=1e-4):
             for i in range(j):
                 q = real[i]
                 margin = d_p[j] * (1 - rel) - 1e-6
-                if d_p[i] < margin and sq_dist(vectors[q], vectors[r]) < margin:
+                if d_p[i] < margin and OCCLUSION_SLACK * sq_dist(vectors[q], vectors[r]) < margin:
                     violations.append((p, int(q), int(r)))
     return violations
 
