@@ -9,7 +9,9 @@ by dual coordinate descent (Hsieh, Chang, Lin, Keerthi & Sundararajan, "A Dual C
 Descent Method for Large-scale Linear SVM", ICML 2008; liblinear's ``-s 3`` solver): the dual
 ``min 1/2 a^T Q a - sum a_i`` over ``0 <= a_i <= C_i`` with ``Q_ij = y_i y_j x_i . x_j`` is
 minimised one coordinate at a time, in a random order each pass, keeping ``w = sum a_i y_i x_i``
-up to date, until the projected gradient's spread falls under ``tolerance`` (no shrinking).
+up to date, until the projected gradient's spread (max - min) falls under ``tolerance``
+(liblinear's stopping rule and its default for this solver, 0.1, which R-CNN's code kept; no
+shrinking).
 The bias is learned as liblinear does: every row gets an extra constant feature
 ``bias_scale``, whose weight (regularised like the others) times ``bias_scale`` is the bias.
 Positives get ``C_i = C * positive_weight`` (R-CNN's class weighting), negatives ``C``.
@@ -74,7 +76,7 @@ def primal_objective(features, labels, weights, bias, *, C: float = 1e-3, positi
 
 
 def train_linear_svm(features, labels, *, C: float = 1e-3, positive_weight: float = 2.0, bias_scale: float = 10.0,
-                     tolerance: float = 1e-3, max_epochs: int = 1000, seed: int = 0, dual=None) -> LinearSVM:
+                     tolerance: float = 0.1, max_epochs: int = 1000, seed: int = 0, dual=None) -> LinearSVM:
     """Train an L2-regularised hinge-loss linear SVM by dual coordinate descent (see the module).
 
     Args:
@@ -82,7 +84,8 @@ def train_linear_svm(features, labels, *, C: float = 1e-3, positive_weight: floa
         labels: ``[N]`` +1 / -1 (or booleans).
         C: the cost of a unit of hinge loss on a negative; ``positive_weight`` times it on a positive.
         bias_scale: the constant feature that carries the bias (0 for no bias).
-        tolerance: stop when the projected gradient's max - min is below it (liblinear's rule).
+        tolerance: stop when the projected gradient's max - min is below it (liblinear's rule
+            and default).
         max_epochs: passes over the data at most.
         seed: the coordinate order's random generator.
         dual: optional starting alphas ``[N]`` (a warm start; clipped to the box).
