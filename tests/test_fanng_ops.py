@@ -763,9 +763,16 @@ def test_fuzz_bad_inputs_raise_not_crash(module):
         else:
             args[key] = rng.integers(-2**31, 2**31 - 1, size=shape, dtype=np.int64).astype(np.int32)
         try:
-            raw_search(**args)
+            raw_search(**args, check_neighbours=bool(trial % 2))
         except (tf.errors.InvalidArgumentError, TypeError, ValueError):
             pass
+    # Unscanned tables with ids anywhere: the search's own bounds checks must hold.
+    for trial in range(20):
+        table = rng.integers(-3, 80, size=neighbours.shape).astype(np.int32)
+        try:
+            raw_search(**dict(good, neighbours=table, budget=np.int32(40)), check_neighbours=False)
+        except tf.errors.InvalidArgumentError as error:
+            assert "neighbours ids" in str(error)
 
 
 def test_skipping_the_vector_scan_is_still_safe():
@@ -787,6 +794,14 @@ def test_skipping_the_vector_scan_is_still_safe():
     bad[3, 0] = 300
     with pytest.raises(tf.errors.InvalidArgumentError, match="neighbours ids"):
         ops.search(vectors, bad, entry, queries, k=5, budget=300, check_vectors=False)
+    # Without the table scan the search meets the bad id (an exhaustive budget reaches row 3)
+    # and fails the same way instead of reading out of bounds.
+    for bad_id in (300, 2**31 - 1):
+        bad[3, 0] = bad_id
+        with pytest.raises(tf.errors.InvalidArgumentError, match="neighbours ids"):
+            ops.search(vectors, bad, entry, queries, k=5, budget=300, check_neighbours=False)
+    unscanned = ops.search(vectors, neighbours, entry, queries, k=5, budget=300, check_neighbours=False)
+    np.testing.assert_array_equal(checked[0].numpy(), unscanned[0].numpy())
 
 
 def test_huge_finite_values_do_not_break_ordering():

@@ -307,11 +307,14 @@ class FanngIndex:
                 else:
                     self._insert_pending()
             snapshot = self._snapshot_locked()
-        # The stored vectors were checked for NaN/inf when added; rescanning the whole
-        # index on every call would cost more than a small batch of queries.
+        # The stored vectors were checked for NaN/inf when added, and the neighbour table
+        # comes from the build/insert ops or a checked load; rescanning either on every call
+        # would cost more than a small batch of queries (the search still bounds-checks
+        # every id it follows).
         rows, distances = ops.search(snapshot.vectors, snapshot.neighbours, snapshot.entry_points, queries, k=int(k),
                                      budget=min(budget, int32_max), ef=min(int(ef), int32_max), metric=self.op_metric,
-                                     check_vectors=False, scale=snapshot.scale, offset=snapshot.offset)
+                                     check_vectors=False, check_neighbours=False, scale=snapshot.scale,
+                                     offset=snapshot.offset)
         rows, distances = rows.numpy(), distances.numpy()
         ids = np.where(rows >= 0, snapshot.ids[np.maximum(rows, 0)], -1)
         if self.metric != "l2":  # the op's -<q, x> becomes hnswlib's 1 - <q, x>

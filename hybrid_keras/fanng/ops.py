@@ -205,7 +205,7 @@ def insert(vectors, neighbours, entry_points, start: int, metric: str = "l2", ca
 
 
 def search(vectors, neighbours, entry, queries, k: int = 10, budget: int = 1000, ef: int = 0, metric: str = "l2",
-           check_vectors: bool = True, scale: float = 1.0, offset: float = 0.0):
+           check_vectors: bool = True, scale: float = 1.0, offset: float = 0.0, check_neighbours: bool = True):
     """Approximate k nearest rows of ``vectors`` for each row of ``queries``.
 
     ``entry`` is one start vertex or a vector of them (``build_graph``'s entry points):
@@ -218,7 +218,10 @@ def search(vectors, neighbours, entry, queries, k: int = 10, budget: int = 1000,
     when fewer than k were found; distances are those of the dequantised vectors.
     ``check_vectors=False`` skips the per-call NaN/inf scan of all of ``vectors`` (it reads
     the whole index, which dominates calls with few queries); use it only for vectors that
-    were already checked, e.g. by ``build_graph``. All other checks always run.
+    were already checked, e.g. by ``build_graph``. ``check_neighbours=False`` skips the
+    per-call scan of the whole neighbour table for ids outside [-1, N): the search checks
+    every id it follows anyway (a bad one fails the call the same way), so this is safe,
+    but a bad id in a row no query reaches is then not reported. All other checks always run.
     """
     module = load_library()
     return module.hybrid_keras_fanng_search(
@@ -230,5 +233,6 @@ def search(vectors, neighbours, entry, queries, k: int = 10, budget: int = 1000,
         budget=_int_tensor(budget, "budget", 0),
         ef=_int_tensor(ef, "ef", 0),
         check_vectors=bool(check_vectors),
+        check_neighbours=bool(check_neighbours),
         **_storage_attrs(metric, scale, offset),
     )

@@ -133,8 +133,10 @@ SearchScratch& ThreadLocalSearchScratch();
 // Dataset::QueryNeedsPreparing()). Starts from every entry point (duplicates skipped).
 // Writes k ids (-1 padded) and k distances (+inf padded), ascending. Stops after `budget`
 // distances or, when ef > 0, once no unexplored vertex is closer than the ef best seen
-// (see fanng_search.cc).
-void SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degree, const int32_t* entry_points,
+// (see fanng_search.cc). Every edge id read is bounds-checked: an id >= n is skipped and
+// makes the function return false (the op then reports the graph as invalid), so a
+// search never reads outside the arrays even when the caller skipped validating them.
+bool SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degree, const int32_t* entry_points,
                int64_t entry_count, const float* query, int k, int64_t budget, int64_t ef, SearchScratch& scratch,
                int32_t* ids_out, float* distances_out);
 

@@ -124,7 +124,7 @@ bool QueryAsCodes(const Dataset& data, const float* query, std::vector<uint8_t>&
 
 // The search proper; `distance(i)` is the query's distance to stored row i.
 template <typename DistanceToRow>
-void Search(const Dataset& data, const int32_t* neighbours, int64_t max_degree, const int32_t* entry_points,
+bool Search(const Dataset& data, const int32_t* neighbours, int64_t max_degree, const int32_t* entry_points,
             int64_t entry_count, const DistanceToRow& distance_to, int k, int64_t budget, int64_t ef,
             SearchScratch& scratch, int32_t* ids_out, float* distances_out) {
   const int64_t n = data.n;
@@ -186,6 +186,7 @@ void Search(const Dataset& data, const int32_t* neighbours, int64_t max_degree, 
   std::make_heap(frontier.begin(), frontier.end(), frontier_order);
 
   int32_t batch[kEdgesPerStep];
+  bool ids_valid = true;
   while (computed < budget && !frontier.empty()) {
     if (pool_rule && frontier.front() > pool_limit()) break;
     // The closest vertex with unexplored edges: collect its next few unvisited targets
@@ -196,6 +197,10 @@ void Search(const Dataset& data, const int32_t* neighbours, int64_t max_degree, 
     int count = 0;
     while (j < m && row[j] >= 0 && count < kEdgesPerStep) {
       const int32_t u = row[j++];
+      if (u >= n) {  // a corrupt graph: never read outside the arrays
+        ids_valid = false;
+        continue;
+      }
       if ((state[u] & 0xffff0000u) != tag) {
         state[u] = tag;  // visited, cursor 0
         PrefetchVector(data.Row(u), data.row_bytes);
@@ -230,22 +235,23 @@ void Search(const Dataset& data, const int32_t* neighbours, int64_t max_degree, 
     ids_out[i] = -1;
     distances_out[i] = std::numeric_limits<float>::infinity();
   }
+  return ids_valid;
 }
 
 }  // namespace
 
-void SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degree, const int32_t* entry_points,
+bool SearchOne(const Dataset& data, const int32_t* neighbours, int64_t max_degree, const int32_t* entry_points,
                int64_t entry_count, const float* query, int k, int64_t budget, int64_t ef, SearchScratch& scratch,
                int32_t* ids_out, float* distances_out) {
   if (QueryAsCodes(data, query, scratch.codes)) {
     const uint8_t* codes = scratch.codes.data();
     auto distance_to = [&](int64_t i) { return data.factor * data.pair(codes, data.Row(i), data.dim); };
-    Search(data, neighbours, max_degree, entry_points, entry_count, distance_to, k, budget, ef, scratch, ids_out,
-           distances_out);
+    return Search(data, neighbours, max_degree, entry_points, entry_count, distance_to, k, budget, ef, scratch, ids_out,
+                  distances_out);
   } else {
     auto distance_to = [&](int64_t i) { return data.QueryDistance(query, i); };
-    Search(data, neighbours, max_degree, entry_points, entry_count, distance_to, k, budget, ef, scratch, ids_out,
-           distances_out);
+    return Search(data, neighbours, max_degree, entry_points, entry_count, distance_to, k, budget, ef, scratch, ids_out,
+                  distances_out);
   }
 }
 
