@@ -238,6 +238,43 @@ HK_FANNG_AVX2 float CodeL2Avx2(const void* a, const void* b, int64_t dim) {
   return static_cast<float>(sum);
 }
 
+// The same with AVX-512BW (64 codes per step), where the CPU has it: SIFT rows are 128
+// bytes, two steps, and the horizontal sum is one reduction instead of a store and eight
+// scalar adds.
+__attribute__((target("avx512f,avx512bw"))) float CodeL2Avx512(const void* a, const void* b, int64_t dim) {
+  const uint8_t* x = static_cast<const uint8_t*>(a);
+  const uint8_t* y = static_cast<const uint8_t*>(b);
+  __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 64 <= dim; i += 64) {
+    const __m512i d0 =
+        _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i))),
+                         _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(y + i))));
+    const __m512i d1 =
+        _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i + 32))),
+                         _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(y + i + 32))));
+    acc0 = _mm512_add_epi32(acc0, _mm512_madd_epi16(d0, d0));
+    acc1 = _mm512_add_epi32(acc1, _mm512_madd_epi16(d1, d1));
+  }
+  for (; i + 32 <= dim; i += 32) {
+    const __m512i d0 =
+        _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i))),
+                         _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(y + i))));
+    acc0 = _mm512_add_epi32(acc0, _mm512_madd_epi16(d0, d0));
+  }
+  int64_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(acc0, acc1));
+  for (; i < dim; ++i) {
+    const int32_t diff = static_cast<int32_t>(x[i]) - static_cast<int32_t>(y[i]);
+    sum += diff * diff;
+  }
+  return static_cast<float>(sum);
+}
+
+bool CpuHasAvx512Bw() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+}
+
 HK_FANNG_AVX2 bool AllFiniteAvx2(const float* values, int64_t count) {
   // Exponent bits all ones <=> NaN or inf. Compare the masked exponent lane-wise.
   const __m256i exponent = _mm256_set1_epi32(0x7f800000);
@@ -262,6 +299,7 @@ bool CpuHasAvx2() {
 #else
 
 bool CpuHasAvx2() { return false; }
+bool CpuHasAvx512Bw() { return false; }
 
 #endif  // HK_FANNG_X86
 
@@ -347,7 +385,11 @@ Kernels Avx2Kernels() {
 // fallback can be tested (and compared) on machines that have AVX2.
 Kernels PickKernels() {
 #ifdef HK_FANNG_X86
-  if (std::getenv("HYBRID_KERAS_FANNG_PORTABLE") == nullptr && CpuHasAvx2()) return Avx2Kernels();
+  if (std::getenv("HYBRID_KERAS_FANNG_PORTABLE") == nullptr && CpuHasAvx2()) {
+    Kernels kernels = Avx2Kernels();
+    if (CpuHasAvx512Bw()) kernels.pair[2][0] = &CodeL2Avx512;  // uint8 code rows (exact integers either way)
+    return kernels;
+  }
 #endif
   return PortableKernels();
 }
