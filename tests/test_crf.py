@@ -86,6 +86,23 @@ def _numpy(x):
     return ops.convert_to_numpy(x)
 
 
+def _compiled(fn, *args):
+    """``fn(*args)`` as NumPy; under JAX in one ``jax.jit`` call: one XLA compilation instead of
+    one per operation (a fifth of the time). TensorFlow and PyTorch run it eagerly."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return np.asarray(jax.jit(fn)(*args))
+    return _numpy(fn(*args))
+
+
+def _refine(crf, logits, images):
+    """The layer's output for ``[logits, images]`` (built first, so no variable is made inside a trace)."""
+    if not crf.built:
+        crf.build([logits.shape, images.shape])
+    return _compiled(lambda x, y: crf([x, y]), logits, images)
+
+
 # ---------------------------------------------------------------------- against the exact mean field
 
 @pytest.mark.parametrize("normalization", ["symmetric", "none"])
@@ -93,7 +110,7 @@ def test_exact_filtering_is_the_numpy_mean_field(normalization):
     logits, images = scene(2, 9, 11, 4, seed=0)
     crf = DenseCRF(4, 5, normalization=normalization, filtering="exact", **SMALL)
     expected = reference_mean_field(logits, images, 5, normalization=normalization, **SMALL)
-    np.testing.assert_allclose(_numpy(crf([logits, images])), expected, atol=2e-5)
+    np.testing.assert_allclose(_refine(crf, logits, images), expected, atol=2e-5)
 
 
 def test_learned_compatibility_is_the_numpy_mean_field():
@@ -103,7 +120,7 @@ def test_learned_compatibility_is_the_numpy_mean_field():
     crf.build([logits.shape, images.shape])
     crf.compatibility.assign(compatibility)
     expected = reference_mean_field(logits, images, 4, compatibility=compatibility.astype(np.float64), **SMALL)
-    np.testing.assert_allclose(_numpy(crf([logits, images])), expected, atol=2e-5)
+    np.testing.assert_allclose(_refine(crf, logits, images), expected, atol=2e-5)
 
 
 @pytest.mark.parametrize("size", [(18, 23), (32, 40)])
@@ -113,7 +130,7 @@ def test_grid_filtering_is_close_to_the_exact_mean_field(size):
     logits, images = scene(2, *size, 4, seed=3)
     crf = DenseCRF(4, 5, **SMALL)
     expected = reference_mean_field(logits, images, 5, **SMALL)
-    refined = _numpy(crf([logits, images]))
+    refined = _refine(crf, logits, images)
     assert np.abs(refined - expected).mean() < 0.005
     assert np.mean(refined.argmax(-1) == expected.argmax(-1)) > 0.98
     # The CRF changes many labels: the agreement above is not just the unaries'.
@@ -125,7 +142,7 @@ def test_grid_spatial_kernel_is_exact():
     logits, images = scene(1, 12, 17, 3, seed=4)
     options = dict(SMALL, bilateral_weight=0.0)
     expected = reference_mean_field(logits, images, 3, **options)
-    np.testing.assert_allclose(_numpy(DenseCRF(3, 3, **options)([logits, images])), expected, atol=1e-4)
+    np.testing.assert_allclose(_refine(DenseCRF(3, 3, **options), logits, images), expected, atol=1e-4)
 
 
 # ---------------------------------------------------------------------- energy and gradients
@@ -135,7 +152,7 @@ def _layer_kernel(crf, images):
     _, height, width, _ = images.shape
     pixels = height * width
     identity = np.eye(pixels, dtype="float32").reshape(1, height, width, pixels)
-    return _numpy(crf.pairwise_messages(identity, images)).reshape(pixels, pixels).T.astype(np.float64)
+    return _compiled(crf.pairwise_messages, identity, images).reshape(pixels, pixels).T.astype(np.float64)
 
 
 @pytest.mark.parametrize("filtering", ["exact", "grid"])
@@ -149,7 +166,7 @@ def test_potts_mean_field_never_raises_the_energy(filtering):
     np.testing.assert_allclose(kernel, kernel.T, atol=1e-4)
     assert np.linalg.eigvalsh(0.5 * (kernel + kernel.T)).min() > -1e-3 * np.abs(kernel).max()
     potts = 1 - np.eye(3)
-    energies = [free_energy(_numpy(DenseCRF(3, t, filtering=filtering, **options)([logits, images])), logits,
+    energies = [free_energy(_refine(DenseCRF(3, t, filtering=filtering, **options), logits, images), logits,
                             kernel, potts) for t in range(8)]
     assert all(b <= a + 1e-4 * abs(a) for a, b in zip(energies, energies[1:])), energies
     assert energies[-1] < energies[0] - 1.0  # it does descend
@@ -183,16 +200,16 @@ def test_potts_compatibility_is_not_trained():
 def test_batch_is_each_image_on_its_own():
     logits, images = scene(3, 11, 13, 4, seed=7)
     crf = DenseCRF(4, 3, **SMALL)
-    together = _numpy(crf([logits, images]))
+    together = _refine(crf, logits, images)
     for index in range(3):
-        alone = _numpy(crf([logits[index:index + 1], images[index:index + 1]]))
+        alone = _refine(crf, logits[index:index + 1], images[index:index + 1])
         np.testing.assert_allclose(together[index], alone[0], atol=1e-5)
 
 
 def test_no_iterations_is_the_softmax_and_output_is_a_distribution():
     logits, images = scene(2, 9, 10, 4, seed=8)
-    np.testing.assert_allclose(_numpy(DenseCRF(4, 0)([logits, images])), _softmax(logits), atol=1e-6)
-    refined = _numpy(DenseCRF(4, 5)([logits, images]))
+    np.testing.assert_allclose(_refine(DenseCRF(4, 0), logits, images), _softmax(logits), atol=1e-6)
+    refined = _refine(DenseCRF(4, 5), logits, images)
     np.testing.assert_allclose(refined.sum(-1), 1.0, atol=1e-5)
     assert refined.shape == logits.shape
 
@@ -200,12 +217,12 @@ def test_no_iterations_is_the_softmax_and_output_is_a_distribution():
 def test_uint8_and_grey_images():
     logits, images = scene(1, 9, 10, 3, seed=9)
     crf = DenseCRF(3, 2, **SMALL)
-    np.testing.assert_allclose(_numpy(crf([logits, np.round(images).astype("uint8")])),
-                               _numpy(crf([logits, np.round(images)])), atol=1e-6)
+    np.testing.assert_allclose(_refine(crf, logits, np.round(images).astype("uint8")),
+                               _refine(crf, logits, np.round(images)), atol=1e-6)
     grey = images.mean(-1, keepdims=True)  # one colour channel: a 3-D grid
     expected = reference_mean_field(logits, grey, 2, **SMALL)
-    np.testing.assert_allclose(_numpy(DenseCRF(3, 2, filtering="exact", **SMALL)([logits, grey])), expected, atol=2e-5)
-    assert np.abs(_numpy(DenseCRF(3, 2, **SMALL)([logits, grey])) - expected).mean() < 0.02  # measured 0.010
+    np.testing.assert_allclose(_refine(DenseCRF(3, 2, filtering="exact", **SMALL), logits, grey), expected, atol=2e-5)
+    assert np.abs(_refine(DenseCRF(3, 2, **SMALL), logits, grey) - expected).mean() < 0.02  # measured 0.010
 
 
 def test_keras_round_trip_keeps_trained_values(tmp_path):
