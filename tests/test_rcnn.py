@@ -132,7 +132,8 @@ def test_svm_separable_hand_case():
 
 def test_hard_negative_mining_adds_exactly_the_margin_violators():
     svm = LinearSVM(weights=np.float32([1.0, 0.0]), bias=0.5, dual=np.zeros(0), epochs=0, converged=True)
-    negatives = np.float32([[-3.0, 0], [-1.5, 1], [-1.4, 0], [0.0, 0], [2.0, 5], [-1.6, 0]])  # scores -2.5 -1 -.9 .5 2.5 -1.1
+    # Scores -2.5, -1, -0.9, 0.5, 2.5, -1.1.
+    negatives = np.float32([[-3.0, 0], [-1.5, 1], [-1.4, 0], [0.0, 0], [2.0, 5], [-1.6, 0]])
     np.testing.assert_array_equal(mine_hard_negatives(svm, negatives), [2, 3, 4])  # -1 itself is on the margin
     np.testing.assert_array_equal(mine_hard_negatives(svm, negatives, exclude=[3]), [2, 4])
 
@@ -168,8 +169,8 @@ def test_ridge_and_box_regression_targets_round_trip():
     coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
     targets = _numpy(coder.encode(truth, proposals))
     w, h = proposals[:, 2] - proposals[:, 0], proposals[:, 3] - proposals[:, 1]
-    np.testing.assert_allclose(targets[:, 0], ((truth[:, 0] + truth[:, 2]) - (proposals[:, 0] + proposals[:, 2])) / 2 / w,
-                               rtol=1e-5)
+    centre_shift = ((truth[:, 0] + truth[:, 2]) - (proposals[:, 0] + proposals[:, 2])) / 2
+    np.testing.assert_allclose(targets[:, 0], centre_shift / w, rtol=1e-5)
     np.testing.assert_allclose(targets[:, 3], np.log((truth[:, 3] - truth[:, 1]) / h), rtol=1e-5)
     np.testing.assert_allclose(_numpy(coder.decode(targets, proposals)), truth, atol=1e-4)
 
@@ -256,7 +257,8 @@ def test_forward_pass_scores_regresses_and_suppresses_as_by_hand():
     assert outputs["num_detections"][0] == 3
     np.testing.assert_allclose(outputs["detection_scores"][0, :3], scores[order], atol=1e-4)
     np.testing.assert_array_equal(outputs["detection_classes"][0], [1, 1, 1, 0, 0, 0])
-    shifted = proposals[0, order] + np.float32([[1, 0, 1, 0]]) * 0.1 * (proposals[0, order, 2:3] - proposals[0, order, 0:1])
+    widths = proposals[0, order, 2:3] - proposals[0, order, 0:1]
+    shifted = proposals[0, order] + np.float32([[1, 0, 1, 0]]) * 0.1 * widths
     expected = np.minimum(shifted, [40, 32, 40, 32])[:, [1, 0, 3, 2]] / np.float32([32, 40, 32, 40])
     np.testing.assert_allclose(outputs["detection_boxes"][0, :3], expected, atol=1e-5)
     np.testing.assert_array_equal(outputs["detection_boxes"][0, 3:], 0)

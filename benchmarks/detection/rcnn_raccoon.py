@@ -279,7 +279,8 @@ def main(argv=None):
                                                                  args.size, args.proposals)
 
     models = {
-        "rcnn_svm": (f"zoo rcnn head='svm': mobilenet_v2 alpha {args.alpha}, {args.crop}-px warped crops (context 16/227), "
+        "rcnn_svm": (f"zoo rcnn head='svm': mobilenet_v2 alpha {args.alpha}, {args.crop}-px warped crops "
+                     "(context 16/227), "
                      "linear SVMs (C 0.001, positive weight 2, 3 hard-negative rounds), ridge box regression, NMS 0.3"),
         "rcnn_forest": "as rcnn_svm with a YDF random forest (100 trees) in place of the SVMs",
         "fast_rcnn": (f"zoo fast_rcnn: mobilenet_v2 alpha {args.alpha} stride 16, RoI max pooling 7x7, "
@@ -300,7 +301,8 @@ def main(argv=None):
                         count=min(8, len(test)), threshold=threshold)
         print(f"{method}: AP {coco['AP']:.3f}, AP50 {coco['AP50']:.3f}, AP75 {coco['AP75']:.3f}, VOC AP50 "
               f"{voc['mAP']:.3f}; {seconds[method] * 1000:.0f} ms per image (+ proposals)", flush=True)
-    results["published"] = ("R-CNN (AlexNet, ImageNet-trained then fine-tuned, with box regression): 53.7 mAP on VOC 2010 "
+    results["published"] = ("R-CNN (AlexNet, ImageNet-trained then fine-tuned, with box regression): 53.7 mAP on "
+                            "VOC 2010 "
                             "test, 58.5 on VOC 2007 test; not comparable (other data, pretrained network)")
     write_json(results_dir / "detection_rcnn_raccoon.json", results)
     plot_bars(results, results_dir / "detection_rcnn_raccoon_bars.png")

@@ -38,7 +38,8 @@ def _cv2():
         import cv2
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError("selective search needs OpenCV with the contrib modules: pip install "
-                          "opencv-contrib-python-headless (pinned in requirements/test.txt; the 'rcnn' extra)") from error
+                          "opencv-contrib-python-headless (pinned in requirements/test.txt; the 'rcnn' extra)"
+                          ) from error
     if not hasattr(cv2, "ximgproc"):
         raise ImportError("this OpenCV has no contrib modules (cv2.ximgproc): install opencv-contrib-python-headless "
                           "instead of opencv-python")
@@ -77,7 +78,8 @@ def selective_search(image, mode: str = "fast", max_proposals: int = 2000, min_s
         raise ValueError(f"min_size must be >= 0 pixels. Received: min_size={min_size!r}")
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 2:
-        raise ValueError(f"image must be an RGB array [H, W, 3] at least 2 pixels a side. Received: shape {image.shape}")
+        raise ValueError("image must be an RGB array [H, W, 3] at least 2 pixels a side. Received: shape "
+                         f"{image.shape}")
     if image.dtype != np.uint8:
         image = np.clip(np.round(image.astype(np.float64)), 0, 255).astype(np.uint8)
     cv2 = _cv2()

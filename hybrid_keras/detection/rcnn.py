@@ -240,7 +240,8 @@ class RCNN(keras.Model):
 
     def _split(self, inputs):
         if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
-            raise ValueError(f"R-CNN takes (images [B, H, W, 3], proposals [B, P, 4]). Received: {type(inputs).__name__}")
+            raise ValueError("R-CNN takes (images [B, H, W, 3], proposals [B, P, 4]). Received: "
+                             f"{type(inputs).__name__}")
         images, proposals = (ops.convert_to_tensor(x) for x in inputs)
         if len(images.shape) != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be [B, H, W, 3] raw RGB. Received: shape {tuple(images.shape)}")
@@ -259,7 +260,8 @@ class RCNN(keras.Model):
         valid = ((proposals[..., 2] - proposals[..., 0]) > 0) & ((proposals[..., 3] - proposals[..., 1]) > 0)
         flat = clip_boxes(ops.reshape(proposals, (-1, 4)), height, width)
         index = ops.repeat(ops.arange(shape[0], dtype="int32"), count)
-        crops = warp_crops(images, flat, index, self.crop_size, context=self.context, reference_size=self.reference_size)
+        crops = warp_crops(images, flat, index, self.crop_size, context=self.context,
+                           reference_size=self.reference_size)
         features = self.backbone(crops, training=False)
         scores = self.svm(features) if self.head == "svm" else self.forest(features)[:, 1:]
         # Padding rows have no area; give them a unit box so decoding stays finite.
@@ -374,9 +376,9 @@ class RCNNDetector:
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         if not len(boxes):
             return np.zeros((0, self.crop_size, self.crop_size, 3), np.float32)
-        return ops.convert_to_numpy(warp_crops(np.asarray(image, np.float32)[None], boxes, np.zeros(len(boxes), np.int32),
-                                               self.crop_size, context=self.context,
-                                               reference_size=self.reference_size))
+        crops = warp_crops(np.asarray(image, np.float32)[None], boxes, np.zeros(len(boxes), np.int32), self.crop_size,
+                           context=self.context, reference_size=self.reference_size)
+        return ops.convert_to_numpy(crops)
 
     def features(self, image, boxes, batch_size: int = 256) -> np.ndarray:
         """The backbone's pooled features ``[N, F]`` of ``boxes`` in ``image`` (inference mode)."""
@@ -489,7 +491,8 @@ class RCNNDetector:
         for k in range(self.classes):
             if not len(positives[k]) or not len(negatives[k]):
                 raise ValueError(f"class {k} has {len(positives[k])} ground-truth boxes and {len(negatives[k])} "
-                                 "negative proposals in the dataset; the SVMs need both. Received: a dataset without them")
+                                 "negative proposals in the dataset; the SVMs need both. Received: a dataset "
+                                 "without them")
             svm, cache, history = train_svm_hard_negatives(
                 positives[k] * scale, negatives[k] * scale, rounds=svm_rounds, initial_negatives=initial_negatives,
                 seed=self.seed + k, C=svm_C, positive_weight=positive_weight, bias_scale=bias_scale)
@@ -504,7 +507,8 @@ class RCNNDetector:
         forest = None
         if self.head == "forest":
             start = time.perf_counter()
-            forest, record["forest_rows"] = self._train_forest(positives, caches, forest_backend, forest_options, verbose)
+            forest, record["forest_rows"] = self._train_forest(positives, caches, forest_backend, forest_options,
+                                                               verbose)
             record["seconds"]["forest"] = time.perf_counter() - start
 
         start = time.perf_counter()

@@ -59,7 +59,8 @@ def _labels_pm1(labels, count: int) -> np.ndarray:
         return np.where(labels, 1.0, -1.0)
     values = set(np.unique(labels).tolist())
     if not values <= {-1, 1}:
-        raise ValueError(f"labels must be +1 (positive) or -1 (negative), or booleans. Received: values {sorted(values)}")
+        raise ValueError("labels must be +1 (positive) or -1 (negative), or booleans. Received: values "
+                         f"{sorted(values)}")
     return labels.astype(np.float64)
 
 
@@ -177,7 +178,8 @@ def train_svm_hard_negatives(positives, negatives, *, rounds: int = 3, initial_n
         svm = train_linear_svm(np.concatenate([positives, negatives[cache]]), labels, seed=seed + round_index,
                                dual=start, **svm_options)
         previous_cache = cache
-        added = mine_hard_negatives(svm, negatives, exclude=cache) if round_index + 1 < rounds else np.zeros(0, np.int64)
+        last = round_index + 1 == rounds
+        added = np.zeros(0, np.int64) if last else mine_hard_negatives(svm, negatives, exclude=cache)
         history.append({"negatives": int(len(cache)), "added": int(len(added)), "epochs": svm.epochs,
                         "converged": svm.converged})
         if not len(added):
