@@ -21,6 +21,17 @@ def _np(x):
     return keras.ops.convert_to_numpy(x)  # detaches PyTorch tensors of trainable leaves
 
 
+def _compiled(model):
+    """``model``'s output as NumPy; under JAX jitted: one XLA compilation instead of one per
+    operation. TensorFlow and PyTorch call it eagerly."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jitted = jax.jit(model)
+        return lambda *args: np.asarray(jitted(*args))
+    return lambda *args: _np(model(*args))
+
+
 def _numpy_forest(forest, rows):
     """softmax(sum over trees of the reached leaf's values), walking the CompiledForest arrays."""
     total = np.zeros((len(rows), forest.leaf_values.shape[1]))
@@ -123,13 +134,13 @@ def test_hypercolumn_and_forest_head_on_odd_sizes(size):
 
     fcn = zoo.load("fcn8s", classes=3, backbone="mobilenet_v2", alpha=0.35)
     images = np.random.default_rng(0).uniform(0, 255, (2, *size, 3)).astype(np.float32)
-    features = _np(hypercolumn(fcn)(images))
-    stride8 = keras.Model(fcn.input, fcn.get_layer("block_5_add").output)(images)
+    features = _compiled(hypercolumn(fcn))(images)
+    stride8 = _compiled(keras.Model(fcn.input, fcn.get_layer("block_5_add").output))(images)
     assert features.shape[:3] == tuple(stride8.shape[:3])  # on the stride-8 map's grid, whatever its rounding
     rows = features.reshape(-1, features.shape[-1])
     labels = np.arange(len(rows)) % 3
     forest = ForestLayer.from_compiled(grow_random_forest(rows, labels, 3, num_trees=2, max_depth=3), mode="log_sum")
-    probabilities = _np(forest_head(fcn, forest)(images))
+    probabilities = _compiled(forest_head(fcn, forest))(images)
     assert probabilities.shape == (2, *size, 3)
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="hypercolumn"):
@@ -177,10 +188,10 @@ def test_residual_forest_head_uses_the_fcn_scores():
 
     fcn = zoo.load("fcn32s", classes=3, backbone="mobilenet_v2", alpha=0.35)
     images = np.random.default_rng(0).uniform(0, 255, (1, 64, 96, 3)).astype(np.float32)
-    features = _np(hypercolumn(fcn, scores=True)(images))
+    features = _compiled(hypercolumn(fcn, scores=True))(images)
     rows = features.reshape(-1, features.shape[-1])
     labels = np.arange(len(rows)) % 3
     zero = ForestLayer.from_compiled(grow_random_forest(rows, labels, 3, num_trees=2, max_depth=3, smoothing=None),
                                      mode="log_sum")
     # Zero leaves: the residual head is FCN-32s's softmax (its score layer starts at zero: uniform).
-    np.testing.assert_allclose(_np(forest_head(fcn, zero, residual=True)(images)), 1 / 3, atol=1e-6)
+    np.testing.assert_allclose(_compiled(forest_head(fcn, zero, residual=True))(images), 1 / 3, atol=1e-6)
