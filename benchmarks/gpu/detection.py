@@ -1,6 +1,7 @@
 """Detection on a GPU under Keras' JAX backend: the CPU runs' detectors with longer schedules and larger images.
 
-    KERAS_BACKEND=jax python benchmarks/gpu/detection.py --data DIR [--out DIR] [--seconds 180] [--quick]
+    KERAS_BACKEND=jax python benchmarks/gpu/detection.py --data DIR [--parts raccoon,coco128_masks] [--out DIR]
+        [--seconds 180] [--size 512] [--alpha 1.0] [--quick]
 
 The GPU machine has JAX but no TensorFlow, so nothing here touches ``tf.data`` or TFDS: the
 staged Raccoon files (the author's 160 / 40 split, VOC XML boxes) are read with PIL and
@@ -11,8 +12,11 @@ CPU (``benchmarks/detection/raccoon.py``), from random initialisation; scores ar
 project's ``coco_metrics`` (equal to pycocotools, which the GPU image lacks) and
 ``voc_average_precision``.
 
-Writes ``detection_gpu.json``, ``detection_gpu_raccoon.png`` (test images: ground truth
-beside the predictions) and ``detection_gpu_training.png`` to ``--out``.
+Runs (``--parts``): ``raccoon`` (Faster R-CNN) writes ``detection_gpu_raccoon.json``,
+``detection_gpu_raccoon.png`` (test images: ground truth beside the predictions) and
+``detection_gpu_training.png``; ``coco128_masks`` (Mask R-CNN on COCO128's person instances,
+with ``benchmarks/detection/coco128_masks.py``'s data functions, which need no TensorFlow)
+writes ``detection_gpu_coco128_masks.json`` and its two PNGs, to ``--out``.
 """
 
 from __future__ import annotations
@@ -194,6 +198,54 @@ def faster_rcnn_raccoon(data_dir: Path, out: Path, *, seconds: float, size: int,
     }
 
 
+def mask_rcnn_coco128(data_dir: Path, out: Path, *, seconds: float, size: int, alpha: float, batch_size: int,
+                      learning_rate: float, seed: int, quick: bool) -> dict:
+    """Mask R-CNN on COCO128's person instances, as ``benchmarks/detection/coco128_masks.py``
+    runs it on the CPU (its NumPy data functions, split and scoring), at a larger size."""
+    import keras
+
+    from benchmarks.detection import coco128_masks as cpu
+    from hybrid_keras.callbacks import TimeBudget
+
+    keras.utils.set_random_seed(seed)
+    data = cpu.load_coco128_masks_numpy(data_dir)
+    train, test = (cpu.person_subset(part) for part in cpu.split_by_id(data))
+    x, y = cpu.training_arrays(train, size, max(len(labels) for labels in train["labels"]))
+    model = cpu.build_model(size, alpha, 1, seed, mask_channels=256)
+    model.compile(keras.optimizers.Adam(learning_rate, clipnorm=10.0))
+    print(f"training mask_rcnn ({model.count_params():,} parameters) at {size} px for {seconds:.0f} s", flush=True)
+    steps = cpu.step_counter()
+    start = time.perf_counter()
+    history = model.fit(cpu.flipped_batches(x, y, batch_size, seed), epochs=100_000, verbose=2,
+                        callbacks=[TimeBudget(seconds), steps]).history
+    wall = time.perf_counter() - start
+    detections, seconds_per_image = cpu.predict(model, test, size)
+    scores = cpu.evaluate(test, detections)
+    cpu.plot_predictions(test, detections, out / "detection_gpu_coco128_masks.png")
+    cpu.plot_training(history, out / "detection_gpu_coco128_masks_training.png",
+                      f"Mask R-CNN, COCO128 person, random init, {size} px, one GPU")
+    print(f"coco128 person: {steps.count} steps in {wall:.0f} s; box AP {scores['box']['AP']:.3f} AP50 "
+          f"{scores['box']['AP50']:.3f}; mask AP {scores['mask']['AP']:.3f} AP50 {scores['mask']['AP50']:.3f}; "
+          f"{seconds_per_image * 1000:.1f} ms per image", flush=True)
+    return {
+        "data": (f"coco128 instances, first {cpu.TRAIN_IMAGES} images by id train, the rest test; person instances "
+                 f"of images with a person: {len(train['ids'])} training and {len(test['ids'])} test images; "
+                 f"letterboxed to {size}x{size}"),
+        "model": f"zoo mask_rcnn, mobilenet_v2 alpha {alpha} at stride 16, 256-channel mask head, random initialisation",
+        "training": {"seconds_budget": seconds, "wall_seconds": wall, "steps": steps.count,
+                     "epochs": len(history["loss"]), "batch_size": batch_size,
+                     "optimizer": f"Adam {learning_rate}, clipnorm 10", "augmentation": "left-right flips",
+                     "final_losses": {name: history[name][-1] for name in cpu.LOSSES + ("loss",)},
+                     "note": "wall seconds include the XLA compilation of the training step"},
+        "history": {name: history[name] for name in cpu.LOSSES + ("loss",)},
+        "test": {"box": scores["box"], "mask": scores["mask"], "inference_seconds_per_image": seconds_per_image},
+        "published": cpu.PUBLISHED,
+    }
+
+
+PARTS = {"raccoon": faster_rcnn_raccoon, "coco128_masks": mask_rcnn_coco128}
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("KERAS_BACKEND", "jax")
     from benchmarks.gpu.run import machine
@@ -201,7 +253,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder holding raccoon/ (the staged data)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--seconds", type=float, default=180.0, help="Faster R-CNN training budget")
+    parser.add_argument("--parts", default="raccoon,coco128_masks", help=f"which runs, of {', '.join(PARTS)}")
+    parser.add_argument("--seconds", type=float, default=180.0, help="training budget of each run")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -214,12 +267,16 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine(), "quick": args.quick}
     print(json.dumps(results["machine"]), flush=True)
-    results["faster_rcnn_raccoon"] = faster_rcnn_raccoon(
-        args.data, args.out, seconds=args.seconds, size=args.size, alpha=args.alpha, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, seed=args.seed, quick=args.quick)
-    results["tensorflow_imported"] = "tensorflow" in sys.modules
-    (args.out / "detection_gpu.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    print(f"wrote {args.out / 'detection_gpu.json'}")
+    for part in args.parts.split(","):
+        results[part] = PARTS[part](
+            args.data, args.out, seconds=args.seconds, size=args.size, alpha=args.alpha, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, seed=args.seed, quick=args.quick)
+        results["tensorflow_imported"] = "tensorflow" in sys.modules
+        path = args.out / f"detection_gpu_{part}.json"
+        path.write_text(json.dumps({"machine": results["machine"], "quick": args.quick, part: results[part],
+                                    "tensorflow_imported": results["tensorflow_imported"]},
+                                   indent=2, default=float) + "\n")
+        print(f"wrote {path}")
     return 0
 
 
