@@ -96,11 +96,12 @@ def test_mask_loss_reads_only_the_ground_truth_class():
     classes, weights = np.array([2, 0, 3]), np.array([1.0, 1.0, 0.0], np.float32)  # background, unweighted: out
     own = logits[0, :, :, 1]
     expected = np.mean(np.maximum(own, 0) - own * targets[0] + np.log1p(np.exp(-np.abs(own))))
-    assert float(_numpy(mask_loss(logits, classes, weights, targets))) == pytest.approx(expected, rel=1e-5)
+    loss = _compiled(mask_loss)
+    assert float(_numpy(loss(logits, classes, weights, targets))) == pytest.approx(expected, rel=1e-5)
     others = logits.copy()
     others[0, :, :, [0, 2]] += 5.0  # the other classes' masks of the counted box
     others[1:] = 0.0  # the boxes that do not count
-    assert float(_numpy(mask_loss(others, classes, weights, targets))) == pytest.approx(expected, rel=1e-5)
+    assert float(_numpy(loss(others, classes, weights, targets))) == pytest.approx(expected, rel=1e-5)
 
 
 def test_paste_masks_by_hand_and_as_crop_and_resize():

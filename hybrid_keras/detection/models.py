@@ -463,12 +463,13 @@ class MaskRCNN(FasterRCNN):
         self.mask_size = 2 * mask_roi_size
         self.mask_pool = RoIAlign(mask_roi_size, 1.0 / self.feature_stride, sampling_ratio=2, aligned=True,
                                   name="mask_roi_align")
-        he = keras.initializers.HeNormal(seed=seed)
+        # Kaiming normal (fan out, ReLU gain), as torchvision's mask head.
+        kaiming = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal", seed=seed)
         self.mask_convs = [keras.layers.Conv2D(mask_channels, 3, padding="same", activation="relu",
-                                               kernel_initializer=he, name=f"mask_conv{i}") for i in range(1, 5)]
+                                               kernel_initializer=kaiming, name=f"mask_conv{i}") for i in range(1, 5)]
         self.mask_upsample = keras.layers.Conv2DTranspose(mask_channels, 2, strides=2, activation="relu",
-                                                          kernel_initializer=he, name="mask_upsample")
-        self.mask_logits = keras.layers.Conv2D(classes, 1, kernel_initializer=he, name="mask_logits")
+                                                          kernel_initializer=kaiming, name="mask_upsample")
+        self.mask_logits = keras.layers.Conv2D(classes, 1, kernel_initializer=kaiming, name="mask_logits")
         channels = self.feature_shape[2]
         for layer in self.mask_convs:
             layer.build((None, mask_roi_size, mask_roi_size, channels))
