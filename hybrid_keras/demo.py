@@ -70,7 +70,11 @@ def run_demo(out_dir: str = "saved_models/demo", quick: bool = False, seed: int 
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.9
     x_fit, x_test = train_x[known_train], test_x[known_test]  # raw pixels: the model normalises them
-    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    # The optimizer's slots and the metric's counters exist before fit: TensorFlow then traces
+    # the train step once, not again after creating them inside the first trace.
+    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy",
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    model.optimizer.build(model.trainable_variables)
     epochs = 4 if quick else 6
     fit_start = time.time()
     model.fit(x_fit, train_y[known_train], batch_size=64, epochs=epochs, validation_split=0.1, verbose=2)
