@@ -16,22 +16,24 @@ from hybrid_keras.layers import Preprocessing, find_preprocessing
 SERVE = textwrap.dedent(
     """
     import sys, numpy as np, tensorflow as tf
-    served = tf.saved_model.load(sys.argv[1]).signatures["serve_uint8"]
-    images = np.load(sys.argv[2])
-    outputs = served(images=tf.constant(images))
-    np.save(sys.argv[3], list(outputs.values())[0].numpy())
+    images = np.load(sys.argv[1])
+    for index, path in enumerate(sys.argv[3:]):
+        served = tf.saved_model.load(path).signatures["serve_uint8"]
+        outputs = served(images=tf.constant(images))
+        np.save(sys.argv[2] + str(index) + ".npy", list(outputs.values())[0].numpy())
     print(sorted({name.split(".")[0] for name in sys.modules} & {"hybrid_keras", "zoo"}))
     """
 )
 
 
-def _serve_in_fresh_process(path, images, tmp_path):
+def _serve_in_fresh_process(paths, images, tmp_path):
+    """Each SavedModel's serve_uint8 outputs, from one process that imports only TensorFlow."""
     np.save(tmp_path / "images.npy", images)
-    result = subprocess.run([sys.executable, "-c", SERVE, str(path), str(tmp_path / "images.npy"),
-                             str(tmp_path / "served.npy")], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", SERVE, str(tmp_path / "images.npy"), str(tmp_path / "served"),
+                             *map(str, paths)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines()[-1] == "[]"  # nothing of this project was needed to serve it
-    return np.load(tmp_path / "served.npy")
+    assert result.stdout.splitlines()[-1] == "[]"  # nothing of this project was needed to serve them
+    return [np.load(tmp_path / f"served{index}.npy") for index in range(len(paths))]
 
 
 def test_tour_backbone_forest_attach_export_serves_raw_pixels(tmp_path):
@@ -52,16 +54,16 @@ def test_tour_backbone_forest_attach_export_serves_raw_pixels(tmp_path):
     expected = keras.ops.convert_to_numpy(classifier(images))
     np.testing.assert_allclose(expected, keras.ops.convert_to_numpy(head(x)), atol=1e-5)
 
-    # The test serves each export itself in a fresh process, so the export's own check is skipped.
-    path = hk.export_saved_model(classifier, tmp_path / "tour" / "1", verify=False)
-    np.testing.assert_allclose(_serve_in_fresh_process(path, images, tmp_path), expected, atol=1e-5)
+    # The test serves both exports itself in one fresh process, so the export's own check is skipped.
+    first = hk.export_saved_model(classifier, tmp_path / "tour" / "1", verify=False)
 
     classifier.save(tmp_path / "tour.keras")
     again = keras.models.load_model(tmp_path / "tour.keras")
     assert find_preprocessing(again).get_config() == find_preprocessing(classifier).get_config()
     np.testing.assert_allclose(keras.ops.convert_to_numpy(again(images)), expected, atol=1e-5)
-    path = hk.export_saved_model(again, tmp_path / "tour" / "2", verify=False)
-    np.testing.assert_allclose(_serve_in_fresh_process(path, images, tmp_path), expected, atol=1e-5)
+    second = hk.export_saved_model(again, tmp_path / "tour" / "2", verify=False)
+    for served in _serve_in_fresh_process([first, second], images, tmp_path):
+        np.testing.assert_allclose(served, expected, atol=1e-5)
 
 
 def test_embedder_keeps_the_backbone_preprocessing():
