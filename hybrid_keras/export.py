@@ -268,6 +268,8 @@ def export_saved_model(
 
     classes = segmentation_classes(model)
     probabilities_given = ends_in_probabilities(model) if classes else None
+    if verify and verify_inputs is not None:
+        _verification_cases(model, image_size, 2, None, verify_inputs)  # unfit inputs: refused before the slow writing
 
     def run(inputs):
         outputs = model(prepended(inputs) if prepended is not None else inputs, training=False)
