@@ -23,7 +23,7 @@ all classes): torchvision's Mask R-CNN reaches 37.9 box AP and 34.6 mask AP on C
 The data loading needs only NumPy and PIL (no TensorFlow): :func:`load_coco128_masks_numpy`,
 :func:`person_subset`, :func:`split_by_id`, :func:`training_arrays` and :func:`predict` are
 importable by scripts for machines without TensorFlow, with :func:`build_model`,
-:func:`flipped_batches`, :func:`step_counter` and :func:`evaluate`.
+:func:`evaluate` (and ``benchmarks.detection.arrays``' letterboxing and batches).
 
     ./dev.sh bench benchmarks/detection/coco128_masks.py [--seconds 900] [--size 256] [--classes person|all] [--quick]
 
@@ -47,6 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from benchmarks.detection.arrays import flipped_batches, letterbox_numpy, step_counter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK_RESULTS_DIR = Path(tempfile.gettempdir()) / "hybrid_keras_quick"
@@ -126,23 +128,6 @@ def person_subset(data: dict) -> dict:
     return _select(data, chosen, people)
 
 
-def letterbox_numpy(image: np.ndarray, masks: np.ndarray, size: int):
-    """``(uint8 image [size, size, 3], uint8 0/1 masks [G, size, size], scale, (height, width))``:
-    resized with the aspect ratio kept (PIL bilinear, antialiased when shrinking; a mask is
-    inside where its resized 0/255 value reaches half), zero padding below and to the right, as
-    ``hybrid_keras.detection.letterbox`` and ``detection_batches(masks=True)`` do it."""
-    height, width = image.shape[:2]
-    scale = min(size / height, size / width)
-    resized = (max(1, min(size, round(width * scale))), max(1, min(size, round(height * scale))))
-    out = np.zeros((size, size, 3), np.uint8)
-    out[:resized[1], :resized[0]] = np.asarray(Image.fromarray(image).resize(resized, Image.BILINEAR))
-    out_masks = np.zeros((len(masks), size, size), np.uint8)
-    for g, mask in enumerate(masks):
-        shrunk = np.asarray(Image.fromarray(mask * np.uint8(255)).resize(resized, Image.BILINEAR))
-        out_masks[g, :resized[1], :resized[0]] = shrunk >= 127.5
-    return out, out_masks, scale, (resized[1], resized[0])
-
-
 def training_arrays(data: dict, size: int, max_boxes: int):
     """``(x uint8 [N, size, size, 3], {"boxes", "labels", "masks"})``: letterboxed images and the
     Mask R-CNN targets, ``-1`` labels and zero masks on padding rows; crowd regions left out."""
@@ -152,7 +137,7 @@ def training_arrays(data: dict, size: int, max_boxes: int):
          "masks": np.zeros((count, max_boxes, size, size), np.uint8)}
     for i in range(count):
         kept = ~data["iscrowd"][i]
-        x[i], masks, scale, _ = letterbox_numpy(data["images"][i], data["masks"][i][kept], size)
+        x[i], masks, scale, _ = letterbox_numpy(data["images"][i], size, data["masks"][i][kept])
         boxes = data["boxes"][i][kept] * scale
         visible = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
         objects = min(int(visible.sum()), max_boxes)
@@ -160,51 +145,6 @@ def training_arrays(data: dict, size: int, max_boxes: int):
         y["labels"][i, :objects] = data["labels"][i][kept][visible][:objects]
         y["masks"][i, :objects] = masks[visible][:objects]
     return x, y
-
-
-def flipped_batches(x, y, batch_size: int, seed: int):
-    """A ``keras.utils.PyDataset`` of shuffled batches, each image mirrored left-right with
-    probability 1/2 (boxes and masks follow)."""
-    import keras
-
-    class FlippedBatches(keras.utils.PyDataset):
-        def __init__(self):
-            super().__init__()
-            self.rng = np.random.default_rng(seed)
-            self.order = self.rng.permutation(len(x))
-
-        def __len__(self):
-            return len(x) // batch_size
-
-        def __getitem__(self, index):
-            chosen = np.sort(self.order[index * batch_size:(index + 1) * batch_size])
-            images, boxes, labels, masks = (x[chosen].copy(), y["boxes"][chosen].copy(), y["labels"][chosen],
-                                            y["masks"][chosen].copy())
-            width = images.shape[2]
-            for i in np.flatnonzero(self.rng.random(len(chosen)) < 0.5):
-                images[i], masks[i] = images[i, :, ::-1], masks[i, :, :, ::-1]
-                present = labels[i] >= 0
-                boxes[i, present] = np.stack([width - boxes[i, present, 2], boxes[i, present, 1],
-                                              width - boxes[i, present, 0], boxes[i, present, 3]], axis=-1)
-            return images, {"boxes": boxes, "labels": labels, "masks": masks}
-
-        def on_epoch_end(self):
-            self.order = self.rng.permutation(len(x))
-
-    return FlippedBatches()
-
-
-def step_counter():
-    """A callback counting training batches (``counter.count``)."""
-    import keras
-
-    class StepCounter(keras.callbacks.Callback):
-        count = 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.count += 1
-
-    return StepCounter()
 
 
 def build_model(size: int, alpha: float, classes: int, seed: int, **overrides):
@@ -228,9 +168,10 @@ def predict(model, data: dict, size: int, batch_size: int = 4):
 
     from hybrid_keras.detection import paste_masks
 
-    prepared = [letterbox_numpy(image, np.zeros((0, *image.shape[:2]), np.uint8), size) for image in data["images"]]
+    prepared = [letterbox_numpy(image, size) for image in data["images"]]
     x = np.stack([p[0] for p in prepared])
-    model.predict(x[:batch_size], verbose=0)  # trace / compile
+    for warm_up in {batch_size, len(x) % batch_size} - {0}:  # compile for the full and the last batch's size
+        model.predict(x[:warm_up], verbose=0)
     start = time.perf_counter()
     outputs = model.predict(x, batch_size=batch_size, verbose=0)
     seconds = (time.perf_counter() - start) / len(x)

@@ -36,6 +36,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.detection.arrays import flipped_batches, letterbox_numpy, step_counter  # noqa: E402
+
 
 def raccoon_split(data_dir: Path, split: str):
     """``(images [uint8 H x W x 3], boxes [float32 G x 4 pixel x1 y1 x2 y2])`` of the author's split."""
@@ -56,83 +58,28 @@ def raccoon_split(data_dir: Path, split: str):
     return images, boxes
 
 
-def letterbox_numpy(image: np.ndarray, size: int):
-    """``(uint8 [size, size, 3], scale)``: resized with the aspect ratio kept (bilinear, antialiased
-    when shrinking, as PIL does it), padded with zeros below and to the right."""
-    height, width = image.shape[:2]
-    scale = min(size / height, size / width)
-    resized = Image.fromarray(image).resize((max(1, round(width * scale)), max(1, round(height * scale))),
-                                            Image.BILINEAR)
-    out = np.zeros((size, size, 3), np.uint8)
-    out[:resized.height, :resized.width] = np.asarray(resized)
-    return out, scale
-
-
 def training_arrays(images, boxes, size: int, max_boxes: int):
     """Letterboxed images and the ``{"boxes", "labels"}`` targets, ``-1`` labels on padding rows."""
     x = np.zeros((len(images), size, size, 3), np.uint8)
     y_boxes = np.zeros((len(images), max_boxes, 4), np.float32)
     y_labels = np.full((len(images), max_boxes), -1, np.int32)
     for i, (image, image_boxes) in enumerate(zip(images, boxes)):
-        x[i], scale = letterbox_numpy(image, size)
+        x[i], _, scale, _ = letterbox_numpy(image, size)
         count = min(len(image_boxes), max_boxes)
         y_boxes[i, :count] = image_boxes[:count] * scale
         y_labels[i, :count] = 0
     return x, {"boxes": y_boxes, "labels": y_labels}
 
 
-def flipped_batches(x, y, batch_size: int, seed: int):
-    import keras
-
-    class FlippedBatches(keras.utils.PyDataset):
-        """Shuffled batches, each image mirrored left-right with probability 1/2 (boxes follow)."""
-
-        def __init__(self):
-            super().__init__()
-            self.rng = np.random.default_rng(seed)
-            self.order = self.rng.permutation(len(x))
-
-        def __len__(self):
-            return len(x) // batch_size
-
-        def __getitem__(self, index):
-            chosen = self.order[index * batch_size:(index + 1) * batch_size]
-            images, boxes, labels = x[chosen].copy(), y["boxes"][chosen].copy(), y["labels"][chosen]
-            width = images.shape[2]
-            for i in np.flatnonzero(self.rng.random(len(chosen)) < 0.5):
-                images[i] = images[i, :, ::-1]
-                present = labels[i] >= 0
-                boxes[i, present] = np.stack([width - boxes[i, present, 2], boxes[i, present, 1],
-                                              width - boxes[i, present, 0], boxes[i, present, 3]], axis=-1)
-            return images, {"boxes": boxes, "labels": labels}
-
-        def on_epoch_end(self):
-            self.order = self.rng.permutation(len(x))
-
-    return FlippedBatches()
-
-
-def step_counter():
-    import keras
-
-    class StepCounter(keras.callbacks.Callback):
-        """Counts training batches (under JAX the optimizer's own counter is synced only at the end)."""
-
-        count = 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.count += 1
-
-    return StepCounter()
-
-
 def predict(model, images, size: int, batch_size: int = 8):
     """Detections per image in its own pixels (labels 0-based) and seconds per image (after a warm-up)."""
     import keras
 
-    x = np.stack([letterbox_numpy(image, size)[0] for image in images])
-    scales = np.array([letterbox_numpy(image, size)[1] for image in images], np.float32)
-    model.predict(x[:batch_size], verbose=0)  # compile
+    prepared = [letterbox_numpy(image, size) for image in images]
+    x = np.stack([p[0] for p in prepared])
+    scales = np.array([p[2] for p in prepared], np.float32)
+    for warm_up in {batch_size, len(x) % batch_size} - {0}:  # compile for the full and the last batch's size
+        model.predict(x[:warm_up], verbose=0)
     start = time.perf_counter()
     outputs = model.predict(x, batch_size=batch_size, verbose=0)
     seconds = (time.perf_counter() - start) / len(images)
@@ -214,9 +161,9 @@ def mask_rcnn_coco128(data_dir: Path, out: Path, *, seconds: float, size: int, a
     model = cpu.build_model(size, alpha, 1, seed, mask_channels=256)
     model.compile(keras.optimizers.Adam(learning_rate, clipnorm=10.0))
     print(f"training mask_rcnn ({model.count_params():,} parameters) at {size} px for {seconds:.0f} s", flush=True)
-    steps = cpu.step_counter()
+    steps = step_counter()
     start = time.perf_counter()
-    history = model.fit(cpu.flipped_batches(x, y, batch_size, seed), epochs=100_000, verbose=2,
+    history = model.fit(flipped_batches(x, y, batch_size, seed), epochs=100_000, verbose=2,
                         callbacks=[TimeBudget(seconds), steps]).history
     wall = time.perf_counter() - start
     detections, seconds_per_image = cpu.predict(model, test, size)
