@@ -10,28 +10,12 @@ import keras
 
 from hybrid_keras.detection import MaskRCNN, paste_masks
 from hybrid_keras.detection.targets import mask_loss, mask_targets
-from hybrid_keras.layers import Preprocessing
+from tests.test_faster_rcnn import ALL_SAMPLED, GT_BOXES, GT_LABELS, SIZE, _compiled, _numpy, _tiny_backbone
+from tests.test_faster_rcnn import TINY as FASTER_TINY
 
 agnostic = pytest.mark.backend_agnostic
-SIZE = 64
-TINY = dict(anchor_sizes=(16, 32), representation_size=16, rpn_pre_nms_top_n=40, rpn_post_nms_top_n=20,
-            detection_candidates=30, max_detections=10, mask_channels=4, seed=1)
-ALL_SAMPLED = dict(rpn_batch_size=256, roi_batch_size=64, roi_positive_fraction=0.5)
-GT_BOXES = np.array([[[5, 5, 30, 40], [0, 0, 0, 0]], [[10, 20, 60, 50], [30, 30, 50, 60]]], np.float32)
-GT_LABELS = np.array([[0, -1], [1, 0]], np.int32)
-
-
-def _numpy(x):
-    return keras.ops.convert_to_numpy(x)
-
-
-def _compiled(fn):
-    """``fn`` under ``jax.jit`` on JAX (one compilation; proof that the shapes are static)."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return jax.jit(fn)
-    return fn
+# Mask R-CNN's own tiny settings beside Faster R-CNN's (the same scene and ground truth).
+TINY = {**FASTER_TINY, "mask_channels": 4}
 
 
 def _ellipses(boxes, height, width):
@@ -130,14 +114,6 @@ def test_paste_masks_by_hand_and_as_crop_and_resize():
     np.testing.assert_allclose(pasted.reshape(6, 37, 50), reference.numpy()[..., 0], atol=1e-5)
     with pytest.raises(ValueError, match=r"boxes must be \[..., M, 4\].*Received: shape \(2, 4\)"):
         paste_masks(masks[0], boxes[0, :2], 10, 10)
-
-
-def _tiny_backbone():
-    images = keras.Input((SIZE, SIZE, 3))
-    x = Preprocessing("tf", name="preprocessing")(images)
-    x = keras.layers.Conv2D(8, 3, strides=4, padding="same", activation="relu")(x)
-    x = keras.layers.Conv2D(16, 3, strides=4, padding="same", activation="relu")(x)
-    return keras.Model(images, x, name="tiny_stride16")
 
 
 def _tiny(**kwargs):

@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks.detection.arrays import flipped_batches, letterbox_numpy, step_counter  # noqa: E402
+from benchmarks.detection.raccoon import plot_training  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK_RESULTS_DIR = Path(tempfile.gettempdir()) / "hybrid_keras_quick"
@@ -291,26 +292,6 @@ def plot_predictions(data: dict, detections: list[dict], path: Path, count: int 
     plt.close(fig)
 
 
-def plot_training(history: dict, path: Path, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from benchmarks.common import save_figure
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name in LOSSES + ("loss",):
-        ax.plot(np.arange(1, len(history[name]) + 1), history[name], label=name)
-    ax.set_xlabel("epoch (the training images once)")
-    ax.set_ylabel("mean loss")
-    ax.set_yscale("log")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
-    save_figure(fig, path)
-    plt.close(fig)
-
-
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None):
@@ -391,7 +372,7 @@ def main(argv=None):
     write_json(results_dir / f"detection_coco128_masks{suffix}.json", results)
     plot_predictions(test, detections, results_dir / f"detection_coco128_masks{suffix}.png")
     plot_training(history, results_dir / f"detection_coco128_masks{suffix}_training.png",
-                  f"Mask R-CNN, COCO128 {args.classes}, random init")
+                  f"Mask R-CNN, COCO128 {args.classes}, random init", LOSSES)
     box, mask = scores["box"], scores["mask"]
     print(f"{steps} steps ({epochs} epochs) in {timer.wall:.0f} s wall / {timer.cpu:.0f} s CPU; test box AP "
           f"{box['AP']:.3f} AP50 {box['AP50']:.3f} AP75 {box['AP75']:.3f}; mask AP {mask['AP']:.3f} AP50 "

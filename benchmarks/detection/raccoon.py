@@ -129,19 +129,21 @@ def plot_detections(originals, truth, detections, path: Path, count: int = 8, th
     plt.close(fig)
 
 
-def plot_training(history: dict, path: Path):
+def plot_training(history: dict, path: Path, title: str = "Faster R-CNN on Raccoon, from random weights",
+                  losses: tuple = LOSSES):
+    """Each loss term (and their sum) per epoch, log scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name in LOSSES + ("loss",):
+    for name in losses + ("loss",):
         ax.plot(np.arange(1, len(history[name]) + 1), history[name], label=name)
-    ax.set_xlabel("epoch (160 images)")
+    ax.set_xlabel("epoch (the training images once)")
     ax.set_ylabel("mean loss")
     ax.set_yscale("log")
-    ax.set_title("Faster R-CNN on Raccoon, from random weights")
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     save_figure(fig, path)
     plt.close(fig)

@@ -152,6 +152,7 @@ def mask_rcnn_coco128(data_dir: Path, out: Path, *, seconds: float, size: int, a
     import keras
 
     from benchmarks.detection import coco128_masks as cpu
+    from benchmarks.detection.raccoon import plot_training
     from hybrid_keras.callbacks import TimeBudget
 
     keras.utils.set_random_seed(seed)
@@ -169,8 +170,8 @@ def mask_rcnn_coco128(data_dir: Path, out: Path, *, seconds: float, size: int, a
     detections, seconds_per_image = cpu.predict(model, test, size)
     scores = cpu.evaluate(test, detections)
     cpu.plot_predictions(test, detections, out / "detection_gpu_coco128_masks.png")
-    cpu.plot_training(history, out / "detection_gpu_coco128_masks_training.png",
-                      f"Mask R-CNN, COCO128 person, random init, {size} px, one GPU")
+    plot_training(history, out / "detection_gpu_coco128_masks_training.png",
+                  f"Mask R-CNN, COCO128 person, random init, {size} px, one GPU", cpu.LOSSES)
     print(f"coco128 person: {steps.count} steps in {wall:.0f} s; box AP {scores['box']['AP']:.3f} AP50 "
           f"{scores['box']['AP50']:.3f}; mask AP {scores['mask']['AP']:.3f} AP50 {scores['mask']['AP50']:.3f}; "
           f"{seconds_per_image * 1000:.1f} ms per image", flush=True)
