@@ -138,7 +138,8 @@ def _detect(args) -> None:
         names = Path(names).read_text().split("\n") if Path(names).is_file() else names.split(",")
         names = [name.strip() for name in names if name.strip()]
     try:
-        written = detect_images(_load_model(args), args.images, args.out, threshold=args.threshold, class_names=names)
+        written = detect_images(_load_model(args), args.images, args.out, threshold=args.threshold, class_names=names,
+                                proposal_mode=args.proposals, max_proposals=args.max_proposals)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(str(error)) from None
     for path in written:
@@ -254,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                        "(detections.json lists them all; default 0.5)")
     detect.add_argument("--class-names", default=None, help="names of classes 1, 2, ...: comma-separated, or a file "
                                                             "with one per line (default: 'class N')")
+    detect.add_argument("--proposals", choices=("fast", "quality"), default="fast",
+                        help="R-CNN and Fast R-CNN: selective search's mode (default fast)")
+    detect.add_argument("--max-proposals", type=int, default=2000, help="R-CNN and Fast R-CNN: proposals per image")
     detect.add_argument("--weights", default=None, help="with a model name: its .weights.h5 file")
     detect.add_argument("--classes", type=int, default=None, help="with a model name: its number of classes")
     detect.add_argument("--backbone", default=None, help="with a model name: its backbone (e.g. mobilenet_v2)")

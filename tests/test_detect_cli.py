@@ -64,7 +64,7 @@ def test_boxes_come_back_in_the_photos_pixels():
     assert found["classes"].tolist() == [1, 3] and "masks" not in found
     with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
         Detector(_KnownDetections())(np.zeros((8, 8), np.uint8))
-    with pytest.raises(ValueError, match="not a detection model"):
+    with pytest.raises(ValueError, match="is not a detection model"):
         Detector(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
 
 
@@ -90,6 +90,32 @@ def test_masks_are_pasted_into_the_photo():
     expected = np.zeros((32, 128), bool)
     expected[:16, :16] = True
     np.testing.assert_array_equal(found["masks"][1], expected)
+
+
+def test_rcnn_is_given_selective_search_proposals(tmp_path):
+    # An R-CNN whose "SVM" scores the mean red of each crop: its best detection on a photo with
+    # a red and a green rectangle lies inside the red one, and the command's detections are the
+    # model's own on selective search's boxes, in the photo's pixels.
+    from hybrid_keras.detection.proposals import selective_search
+    from hybrid_keras.detection.rcnn import RCNN
+    from tests.test_rcnn import _mean_colour_backbone, _two_rectangles
+
+    photo, (red, _) = _two_rectangles()
+    model = RCNN(_mean_colour_backbone(), 1, context=0.0, max_detections=6)
+    model.svm.set_weights([np.float32([[0.01], [0.0], [0.0]]), np.float32([-1.0])])
+    found = Detector(model)(photo)
+    direct = model((photo[None].astype(np.float32), selective_search(photo)[None]))
+    count = int(keras.ops.convert_to_numpy(direct["num_detections"])[0])
+    yxyx = keras.ops.convert_to_numpy(direct["detection_boxes"])[0, :count] * [48, 64, 48, 64]
+    np.testing.assert_allclose(found["boxes"], yxyx[:, [1, 0, 3, 2]], atol=1e-3)
+    x1, y1, x2, y2 = found["boxes"][0]
+    assert red[0] - 1 <= x1 < x2 <= red[2] + 1 and red[1] - 1 <= y1 < y2 <= red[3] + 1
+    model.save(tmp_path / "rcnn.keras")
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    assert cli.main(["detect", str(tmp_path / "rcnn.keras"), str(tmp_path / "photo.png"), "--out",
+                     str(tmp_path / "out"), "--proposals", "fast"]) == 0
+    listed = json.loads((tmp_path / "out" / "detections.json").read_text())["images"]
+    np.testing.assert_allclose(listed[str(tmp_path / "photo.png")][0]["box"], found["boxes"][0], atol=0.01)
 
 
 def _tiny_detector():

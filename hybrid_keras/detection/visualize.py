@@ -1,12 +1,14 @@
 """Detections as pictures and JSON: what ``hybrid-keras detect`` writes.
 
 :class:`Detector` runs a detection model on one image of any size and gives its detections in
-that image's pixels. The model can be a Keras detection model (the zoo's ``faster_rcnn`` or
-``mask_rcnn``, or a ``.keras`` file of one), which is given the image letterboxed to its input
-size exactly as the SavedModel export does it (:func:`hybrid_keras.detection.letterbox`, then
-:func:`~hybrid_keras.detection.restore_boxes`), or a SavedModel directory written by
-:func:`hybrid_keras.export_saved_model`, served through its ``serve_uint8`` signature. Both give
-the same detections.
+that image's pixels. The model can be a Keras detection model (the zoo's ``faster_rcnn``,
+``mask_rcnn`` or ``fast_rcnn``, a trained ``rcnn``, or a ``.keras`` file of one), which is given
+the image letterboxed to its input size exactly as the SavedModel export does it
+(:func:`hybrid_keras.detection.letterbox`, then :func:`~hybrid_keras.detection.restore_boxes`;
+R-CNN takes the photo as it is), with selective-search proposals for the models that take
+them; or a SavedModel directory written by :func:`hybrid_keras.export_saved_model`, served
+through its ``serve_uint8`` signature. A ``.keras`` file and its SavedModel give the same
+detections.
 
 :func:`draw_detections` draws boxes, class names and scores (and instance masks, blended in
 the class's colour) onto the photo; :func:`detect_images` does both for image files and writes
@@ -84,15 +86,18 @@ def draw_detections(image, boxes, labels, scores=None, masks=None, *, class_name
 
 class Detector:
     """Detections on images of any size from a Keras detection model, a ``.keras`` file of one,
-    or a SavedModel directory written by :func:`hybrid_keras.export_saved_model`.
+    or a SavedModel directory written by :func:`hybrid_keras.export_saved_model`. Models that
+    take proposals (a trained R-CNN, Fast R-CNN) get selective search's (``proposal_mode``,
+    ``max_proposals``: :func:`hybrid_keras.detection.proposals.selective_search`).
 
     Calling it on a uint8 ``[H, W, 3]`` image returns ``{"boxes": [N, 4] pixel [x1, y1, x2, y2],
     "scores": [N], "classes": [N] int (1-based), and "masks": [N, H, W] bool for models with a mask
     head}``, the model's detections (``num_detections`` of them), best first.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, *, proposal_mode: str = "fast", max_proposals: int = 2000):
         self.saved_model = None
+        self.proposal_mode, self.max_proposals = proposal_mode, max_proposals
         if isinstance(model, (str, Path)) and (Path(model) / "saved_model.pb").exists():
             import tensorflow as tf
 
@@ -104,10 +109,23 @@ class Detector:
             if not Path(model).exists():
                 raise FileNotFoundError(f"{model}: no such .keras file or SavedModel directory")
             model = keras.saving.load_model(model)
-        if getattr(model, "task", None) != "detection" or not getattr(model, "rpn", False):
-            raise ValueError(f"{getattr(model, 'name', model)!r} is not a detection model that proposes its own boxes "
-                             "(the zoo's faster_rcnn or mask_rcnn)")
+        if getattr(model, "task", None) != "detection":
+            raise ValueError(f"{getattr(model, 'name', model)!r} is not a detection model (the zoo's faster_rcnn, "
+                             "mask_rcnn, fast_rcnn or a trained rcnn)")
         self.model = model
+        # R-CNN takes photos of any size with their proposals; Fast R-CNN its fixed size with
+        # proposals; Faster and Mask R-CNN propose their own boxes.
+        self.takes_proposals = not getattr(model, "rpn", False)
+        self.fixed_size = getattr(model, "image_shape", None)
+
+    def _proposals(self, image: np.ndarray) -> np.ndarray:
+        """``[1, P, 4]`` selective-search boxes of the image the model sees."""
+        from hybrid_keras.detection.proposals import selective_search
+
+        boxes = selective_search(image, self.proposal_mode, self.max_proposals)
+        if not len(boxes):  # a flat image: one box over all of it, so the model still runs
+            boxes = np.array([[0, 0, image.shape[1], image.shape[0]]], np.float32)
+        return boxes[None]
 
     def _outputs(self, image: np.ndarray) -> dict:
         """The TF OD API dictionary for one image, boxes normalised to the image itself."""
@@ -116,11 +134,18 @@ class Detector:
 
         if self.saved_model is not None:
             return {k: v.numpy()[0] for k, v in self.saved_model(images=tf.constant(image[None])).items()}
+        if self.fixed_size is None:  # R-CNN: the photo as it is
+            inputs = image[None].astype(np.float32)
+            outputs = self.model((inputs, self._proposals(image)), training=False)
+            return {k: keras.ops.convert_to_numpy(v)[0] for k, v in outputs.items()}
         from hybrid_keras.detection.data import letterbox, restore_boxes
 
-        size = self.model.image_shape[:2]
+        size = self.fixed_size[:2]
         padded, resized_size = letterbox(image[None], size)
-        outputs = {k: keras.ops.convert_to_numpy(v) for k, v in self.model(padded.numpy(), training=False).items()}
+        inputs = padded.numpy()
+        if self.takes_proposals:  # Fast R-CNN: proposals on the letterboxed photo
+            inputs = (inputs, self._proposals(inputs[0].astype(np.uint8)))
+        outputs = {k: keras.ops.convert_to_numpy(v) for k, v in self.model(inputs, training=False).items()}
         outputs["detection_boxes"] = restore_boxes(outputs["detection_boxes"], resized_size, size).numpy()
         return {k: v[0] for k, v in outputs.items()}
 
@@ -142,16 +167,17 @@ class Detector:
         return found
 
 
-def detect_images(model, images, out_dir, *, threshold: float = DEFAULT_THRESHOLD, class_names=None) -> list[Path]:
+def detect_images(model, images, out_dir, *, threshold: float = DEFAULT_THRESHOLD, class_names=None,
+                  proposal_mode: str = "fast", max_proposals: int = 2000) -> list[Path]:
     """Detect objects in image files; write ``<name>_detections.png`` (detections scoring at least
     ``threshold`` drawn on the photo) per image and ``detections.json`` (every detection the model
     returned: boxes in pixels, scores, 1-based classes and their names). Returns the paths written.
-    ``model``: as :class:`Detector` takes it."""
+    ``model``, ``proposal_mode``, ``max_proposals``: as :class:`Detector` takes them."""
     from PIL import Image
 
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1]. Received: threshold={threshold!r}")
-    detector = Detector(model)
+    detector = Detector(model, proposal_mode=proposal_mode, max_proposals=max_proposals)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, report = [], {}
