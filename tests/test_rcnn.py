@@ -337,13 +337,26 @@ def test_bad_input_is_refused():
         train_linear_svm(np.ones((2, 2)), [0, 1])
 
 
-def test_zoo_builds_the_pipeline():
+def test_zoo_builds_the_pipeline_and_loads_its_weights_file(tmp_path):
     import zoo
     from hybrid_keras.detection.rcnn import RCNNDetector as Detector
 
-    detector = zoo.load("rcnn", backbone="mobilenet_v2", alpha=0.35, classes=2, crop_size=32, max_detections=7)
+    arguments = dict(backbone="mobilenet_v2", alpha=0.35, classes=2, crop_size=32, max_detections=7)
+    detector = zoo.load("rcnn", **arguments)
     assert isinstance(detector, Detector) and detector.crop_size == 32
     assert detector.model.svm.kernel.shape == (1280, 2) and detector.model.max_detections == 7
     assert zoo.model_card("rcnn").task == "detection"
+    rng = np.random.default_rng(0)
+    for layer in (detector.model.svm, detector.model.box_regressor):  # as if trained: nonzero SVMs and regressors
+        layer.set_weights([rng.normal(0, 0.1, w.shape).astype(np.float32) for w in layer.get_weights()])
+    image, _ = _two_rectangles()
+    inputs = (image[None].astype(np.float32), np.float32([[[8, 5, 30, 20], [36, 25, 60, 44], [0, 0, 64, 48]]]))
+    expected = {k: _numpy(v) for k, v in detector.model(inputs).items()}
+    detector.model.save_weights(tmp_path / "rcnn.weights.h5")
+    again = zoo.load("rcnn", weights=str(tmp_path / "rcnn.weights.h5"), **arguments)
+    for name, value in again.model(inputs).items():
+        np.testing.assert_allclose(_numpy(value), expected[name], atol=1e-5)
+    with pytest.raises(ValueError, match="forest-head model is saved and loaded whole"):
+        zoo.load("rcnn", head="forest", weights=str(tmp_path / "rcnn.weights.h5"), **arguments)
     with pytest.raises(ValueError, match="backbone must name a zoo classification model"):
         zoo.load("rcnn", backbone="faster_rcnn")
