@@ -82,3 +82,39 @@ def step_counter():
             self.count += 1
 
     return StepCounter()
+
+
+def predict_numpy(model, images, size: int, batch_size: int):
+    """A detection model's detections on photos of any size, letterboxed by :func:`letterbox_numpy`:
+    ``(per photo {"boxes" [N, 4] pixel x1 y1 x2 y2, "scores", "labels" 0-based, and "masks"
+    [N, H, W] booleans for a mask model}, seconds per photo of the forward pass)``. The forward
+    pass is compiled for the full and the last batch's size before it is timed."""
+    import time
+
+    import keras
+
+    from hybrid_keras.detection import paste_masks
+
+    prepared = [letterbox_numpy(image, size) for image in images]
+    x = np.stack([p[0] for p in prepared])
+    for warm_up in {batch_size, len(x) % batch_size} - {0}:
+        model.predict(x[:warm_up], verbose=0)
+    start = time.perf_counter()
+    outputs = model.predict(x, batch_size=batch_size, verbose=0)
+    seconds = (time.perf_counter() - start) / len(x)
+    outputs = {k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()}
+    detections = []
+    for i, image in enumerate(images):
+        count = int(outputs["num_detections"][i])
+        height, width = image.shape[:2]
+        resized_height, resized_width = prepared[i][3]
+        # Normalised to the padded input -> normalised to the photo (restore_boxes' rule).
+        yxyx = np.clip(outputs["detection_boxes"][i, :count] * np.array(
+            [size / resized_height, size / resized_width] * 2), 0.0, 1.0)
+        found = {"boxes": (yxyx * [height, width, height, width])[:, [1, 0, 3, 2]],
+                 "scores": outputs["detection_scores"][i, :count],
+                 "labels": outputs["detection_classes"][i, :count].astype(int) - 1}
+        if "detection_masks" in outputs:
+            found["masks"] = paste_masks(outputs["detection_masks"][i, :count], yxyx, height, width)
+        detections.append(found)
+    return detections, seconds

@@ -21,7 +21,7 @@ Published context (not comparable: ImageNet-initialised ResNet-50 FPN, 118k trai
 all classes): torchvision's Mask R-CNN reaches 37.9 box AP and 34.6 mask AP on COCO val2017.
 
 The data loading needs only NumPy and PIL (no TensorFlow): :func:`load_coco128_masks_numpy`,
-:func:`person_subset`, :func:`split_by_id`, :func:`training_arrays` and :func:`predict` are
+:func:`person_subset`, :func:`split_by_id` and :func:`training_arrays` are
 importable by scripts for machines without TensorFlow, with :func:`build_model`,
 :func:`evaluate` (and ``benchmarks.detection.arrays``' letterboxing and batches).
 
@@ -48,12 +48,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.detection.arrays import flipped_batches, letterbox_numpy, step_counter  # noqa: E402
+from benchmarks.detection.arrays import flipped_batches, letterbox_numpy, predict_numpy, step_counter  # noqa: E402
 from benchmarks.detection.raccoon import plot_training  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK_RESULTS_DIR = Path(tempfile.gettempdir()) / "hybrid_keras_quick"
 TRAIN_IMAGES = 80  # of the 100 in id order; the rest are the test images
+BATCH = 4  # images per forward pass when predicting
 PERSON = 0  # TFDS coco/2017's label of "person"
 # Persons fill anything from a few pixels to the whole photo: anchors from 16 to 256 pixels on a
 # 256-pixel input. Fewer proposals and sampled RoIs than torchvision's, and a 64-channel mask
@@ -160,37 +161,6 @@ def build_model(size: int, alpha: float, classes: int, seed: int, **overrides):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.9
     return model
-
-
-def predict(model, data: dict, size: int, batch_size: int = 4):
-    """Detections per test image in its own pixels (labels 0-based, masks pasted at the image's
-    size) and seconds per image of the model's forward pass (after a warm-up)."""
-    import keras
-
-    from hybrid_keras.detection import paste_masks
-
-    prepared = [letterbox_numpy(image, size) for image in data["images"]]
-    x = np.stack([p[0] for p in prepared])
-    for warm_up in {batch_size, len(x) % batch_size} - {0}:  # compile for the full and the last batch's size
-        model.predict(x[:warm_up], verbose=0)
-    start = time.perf_counter()
-    outputs = model.predict(x, batch_size=batch_size, verbose=0)
-    seconds = (time.perf_counter() - start) / len(x)
-    outputs = {k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()}
-    detections = []
-    for i, image in enumerate(data["images"]):
-        count = int(outputs["num_detections"][i])
-        height, width = image.shape[:2]
-        resized_height, resized_width = prepared[i][3]
-        # Normalised to the padded input -> normalised to the original image (restore_boxes' rule).
-        yxyx = np.clip(outputs["detection_boxes"][i, :count] * np.array(
-            [size / resized_height, size / resized_width] * 2), 0.0, 1.0)
-        detections.append({
-            "boxes": (yxyx * [height, width, height, width])[:, [1, 0, 3, 2]],
-            "scores": outputs["detection_scores"][i, :count],
-            "labels": outputs["detection_classes"][i, :count].astype(int) - 1,
-            "masks": paste_masks(outputs["detection_masks"][i, :count], yxyx, height, width)})
-    return detections, seconds
 
 
 def evaluate(data: dict, detections: list[dict]) -> dict:
@@ -339,11 +309,12 @@ def main(argv=None):
     epochs, steps = len(history["loss"]), counter.count
 
     started = time.perf_counter()
-    detections, seconds_per_image = predict(model, test, args.size)
+    detections, seconds_per_image = predict_numpy(model, test["images"], args.size, BATCH)
     print(f"predicted in {time.perf_counter() - started:.0f} s", flush=True)
     scores = evaluate(test, detections)
     print(f"evaluated in {time.perf_counter() - started:.0f} s", flush=True)
-    seen = evaluate(train, predict(model, train, args.size)[0])  # how well it fits the images it trained on
+    # How well it fits the images it trained on:
+    seen = evaluate(train, predict_numpy(model, train["images"], args.size, BATCH)[0])
     subset = "person instances of images with a person" if args.classes == "person" else "all 80 classes"
     results = {
         "machine": machine(), "load": machine_load(), "backend": keras.backend.backend(),

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.detection.arrays import flipped_batches, letterbox_numpy, step_counter  # noqa: E402
+from benchmarks.detection.arrays import flipped_batches, letterbox_numpy, predict_numpy, step_counter  # noqa: E402
 
 
 def raccoon_split(data_dir: Path, split: str):
@@ -71,26 +71,21 @@ def training_arrays(images, boxes, size: int, max_boxes: int):
     return x, {"boxes": y_boxes, "labels": y_labels}
 
 
-def predict(model, images, size: int, batch_size: int = 8):
-    """Detections per image in its own pixels (labels 0-based) and seconds per image (after a warm-up)."""
+def fit_within(model, x, y, *, seconds: float, batch_size: int, learning_rate: float, seed: int):
+    """``model.fit`` with Adam (clipnorm 10) on flipped batches for ``seconds`` (XLA compilation
+    included): ``(history, steps, wall seconds)``."""
     import keras
 
-    prepared = [letterbox_numpy(image, size) for image in images]
-    x = np.stack([p[0] for p in prepared])
-    scales = np.array([p[2] for p in prepared], np.float32)
-    for warm_up in {batch_size, len(x) % batch_size} - {0}:  # compile for the full and the last batch's size
-        model.predict(x[:warm_up], verbose=0)
+    from hybrid_keras.callbacks import TimeBudget
+
+    model.compile(keras.optimizers.Adam(learning_rate, clipnorm=10.0))
+    print(f"training {model.name} ({model.count_params():,} parameters) on {len(x)} images of "
+          f"{x.shape[1]} px for {seconds:.0f} s", flush=True)
+    steps = step_counter()
     start = time.perf_counter()
-    outputs = model.predict(x, batch_size=batch_size, verbose=0)
-    seconds = (time.perf_counter() - start) / len(images)
-    outputs = {k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()}
-    detections = []
-    for i in range(len(images)):
-        count = int(outputs["num_detections"][i])
-        yxyx = outputs["detection_boxes"][i, :count] * size / scales[i]
-        detections.append({"boxes": yxyx[:, [1, 0, 3, 2]], "scores": outputs["detection_scores"][i, :count],
-                           "labels": outputs["detection_classes"][i, :count].astype(int) - 1})
-    return detections, seconds
+    history = model.fit(flipped_batches(x, y, batch_size, seed), epochs=100_000, verbose=2,
+                        callbacks=[TimeBudget(seconds), steps]).history
+    return history, steps.count, time.perf_counter() - start
 
 
 def faster_rcnn_raccoon(data_dir: Path, out: Path, *, seconds: float, size: int, alpha: float, batch_size: int,
@@ -99,7 +94,6 @@ def faster_rcnn_raccoon(data_dir: Path, out: Path, *, seconds: float, size: int,
 
     import zoo
     from benchmarks.detection.raccoon import DETECTOR, LOSSES, plot_detections, plot_training
-    from hybrid_keras.callbacks import TimeBudget
     from hybrid_keras.detection import coco_metrics, voc_average_precision
 
     keras.utils.set_random_seed(seed)
@@ -113,17 +107,11 @@ def faster_rcnn_raccoon(data_dir: Path, out: Path, *, seconds: float, size: int,
     for layer in model.backbone.layers:  # as on the CPU: faster-moving BN statistics from scratch
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.9
-    model.compile(keras.optimizers.Adam(learning_rate, clipnorm=10.0))
-    print(f"training faster_rcnn ({model.count_params():,} parameters) at {size} px for {seconds:.0f} s", flush=True)
-    steps = step_counter()
-    start = time.perf_counter()
-    history = model.fit(flipped_batches(x, y, batch_size, seed), epochs=100_000, verbose=2,
-                        callbacks=[TimeBudget(seconds), steps]).history
-    wall = time.perf_counter() - start
-    steps = steps.count
+    history, steps, wall = fit_within(model, x, y, seconds=seconds, batch_size=batch_size,
+                                      learning_rate=learning_rate, seed=seed)
 
     truth = [{"boxes": boxes, "labels": np.zeros(len(boxes), int)} for boxes in test_boxes]
-    detections, seconds_per_image = predict(model, test_images, size)
+    detections, seconds_per_image = predict_numpy(model, test_images, size, batch_size=8)
     coco = coco_metrics(truth, detections)
     voc = voc_average_precision(truth, detections)
     plot_detections(test_images, truth, detections, out / "detection_gpu_raccoon.png")
@@ -153,34 +141,29 @@ def mask_rcnn_coco128(data_dir: Path, out: Path, *, seconds: float, size: int, a
 
     from benchmarks.detection import coco128_masks as cpu
     from benchmarks.detection.raccoon import plot_training
-    from hybrid_keras.callbacks import TimeBudget
 
     keras.utils.set_random_seed(seed)
     data = cpu.load_coco128_masks_numpy(data_dir)
     train, test = (cpu.person_subset(part) for part in cpu.split_by_id(data))
     x, y = cpu.training_arrays(train, size, max(len(labels) for labels in train["labels"]))
     model = cpu.build_model(size, alpha, 1, seed, mask_channels=256)
-    model.compile(keras.optimizers.Adam(learning_rate, clipnorm=10.0))
-    print(f"training mask_rcnn ({model.count_params():,} parameters) at {size} px for {seconds:.0f} s", flush=True)
-    steps = step_counter()
-    start = time.perf_counter()
-    history = model.fit(flipped_batches(x, y, batch_size, seed), epochs=100_000, verbose=2,
-                        callbacks=[TimeBudget(seconds), steps]).history
-    wall = time.perf_counter() - start
-    detections, seconds_per_image = cpu.predict(model, test, size)
+    history, steps, wall = fit_within(model, x, y, seconds=seconds, batch_size=batch_size,
+                                      learning_rate=learning_rate, seed=seed)
+    detections, seconds_per_image = predict_numpy(model, test["images"], size, cpu.BATCH)
     scores = cpu.evaluate(test, detections)
     cpu.plot_predictions(test, detections, out / "detection_gpu_coco128_masks.png")
     plot_training(history, out / "detection_gpu_coco128_masks_training.png",
                   f"Mask R-CNN, COCO128 person, random init, {size} px, one GPU", cpu.LOSSES)
-    print(f"coco128 person: {steps.count} steps in {wall:.0f} s; box AP {scores['box']['AP']:.3f} AP50 "
+    print(f"coco128 person: {steps} steps in {wall:.0f} s; box AP {scores['box']['AP']:.3f} AP50 "
           f"{scores['box']['AP50']:.3f}; mask AP {scores['mask']['AP']:.3f} AP50 {scores['mask']['AP50']:.3f}; "
           f"{seconds_per_image * 1000:.1f} ms per image", flush=True)
     return {
         "data": (f"coco128 instances, first {cpu.TRAIN_IMAGES} images by id train, the rest test; person instances "
                  f"of images with a person: {len(train['ids'])} training and {len(test['ids'])} test images; "
                  f"letterboxed to {size}x{size}"),
-        "model": f"zoo mask_rcnn, mobilenet_v2 alpha {alpha} at stride 16, 256-channel mask head, random initialisation",
-        "training": {"seconds_budget": seconds, "wall_seconds": wall, "steps": steps.count,
+        "model": (f"zoo mask_rcnn, mobilenet_v2 alpha {alpha} at stride 16, 256-channel mask head, "
+                  "random initialisation"),
+        "training": {"seconds_budget": seconds, "wall_seconds": wall, "steps": steps,
                      "epochs": len(history["loss"]), "batch_size": batch_size,
                      "optimizer": f"Adam {learning_rate}, clipnorm 10", "augmentation": "left-right flips",
                      "final_losses": {name: history[name][-1] for name in cpu.LOSSES + ("loss",)},
