@@ -22,16 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hybrid_keras.segmentation.overlay import default_palette
+from hybrid_keras.segmentation.overlay import default_palette, read_image
 
 DEFAULT_THRESHOLD = 0.5
-
-
-def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def class_name(label: int, class_names=None) -> str:
@@ -182,7 +175,7 @@ def detect_images(model, images, out_dir, *, threshold: float = DEFAULT_THRESHOL
     out_dir.mkdir(parents=True, exist_ok=True)
     written, report = [], {}
     for image_path in map(Path, images):
-        image = _read_image(image_path)
+        image = read_image(image_path)
         found = detector(image)
         shown = found["scores"] >= threshold
         picture = draw_detections(image, found["boxes"][shown], found["classes"][shown], found["scores"][shown],

@@ -49,7 +49,8 @@ def blend(image: np.ndarray, class_map: np.ndarray, palette: np.ndarray, opacity
     return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
-def _read_image(path: Path) -> np.ndarray:
+def read_image(path) -> np.ndarray:
+    """An image file as uint8 RGB ``[H, W, 3]``."""
     from PIL import Image
 
     with Image.open(path) as image:
@@ -120,7 +121,7 @@ def segment_images(model, images, out_dir, *, palette=None, opacity: float = 0.5
     colours = np.asarray(palette if palette is not None else default_palette(256), np.uint8)
     written = []
     for image_path in map(Path, images):
-        image = _read_image(image_path)
+        image = read_image(image_path)
         class_map = segmenter(image)
         overlay_path = out_dir / f"{image_path.stem}_overlay.png"
         Image.fromarray(blend(image, class_map, colours, opacity)).save(overlay_path)
