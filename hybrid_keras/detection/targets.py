@@ -24,6 +24,7 @@ from keras import ops
 
 from hybrid_keras.detection.boxes import BoxCoder, box_iou
 from hybrid_keras.detection.sampling import BELOW_LOW, match_boxes, sample_balanced
+from hybrid_keras.layers.roi import bin_sampling_weights
 
 SMOOTH_L1_BETA = 1.0 / 9.0
 
@@ -145,10 +146,8 @@ def mask_targets(gt_masks, matches, boxes, size: int = 28):
     2017) as torchvision's ``project_masks_on_boxes`` takes it: spatial scale 1, not aligned
     (a box is at least one pixel wide), ``ceil(box side / size)`` samples per bin. Each box reads
     only its own mask, so this contracts per-box bilinear weight rows with that mask
-    (``hybrid_keras.layers.roi``'s weights) instead of calling the batched layer.
+    (``hybrid_keras.layers.roi.bin_sampling_weights``) instead of calling the batched layer.
     """
-    from hybrid_keras.layers.roi import _axis_weights
-
     gt_masks = ops.cast(gt_masks, "float32")
     height, width = gt_masks.shape[2], gt_masks.shape[3]
     count = boxes.shape[1]
@@ -158,8 +157,8 @@ def mask_targets(gt_masks, matches, boxes, size: int = 28):
     x1, y1 = boxes[:, 0], boxes[:, 1]
     box_w = ops.maximum(boxes[:, 2] - x1, 1.0)
     box_h = ops.maximum(boxes[:, 3] - y1, 1.0)
-    weights_y = _axis_weights(y1, box_h, size, ops.ceil(box_h / size), -(-(height + 2) // size), height)
-    weights_x = _axis_weights(x1, box_w, size, ops.ceil(box_w / size), -(-(width + 2) // size), width)
+    weights_y = bin_sampling_weights(y1, box_h, size, ops.ceil(box_h / size), -(-(height + 2) // size), height)
+    weights_x = bin_sampling_weights(x1, box_w, size, ops.ceil(box_w / size), -(-(width + 2) // size), width)
     crops = ops.einsum("rph,rhw,rqw->rpq", weights_y, maps, weights_x)
     return ops.stop_gradient(ops.reshape(ops.cast(crops >= 0.5, "float32"), (-1, count, size, size)))
 

@@ -36,7 +36,7 @@ def _check_roi_arguments(output_size, spatial_scale) -> tuple[tuple[int, int], f
     return tuple(int(s) for s in output_size), float(spatial_scale)
 
 
-def _axis_weights(start, length, bins: int, samples, max_samples: int, size: int):
+def bin_sampling_weights(start, length, bins: int, samples, max_samples: int, size: int):
     """``[R, bins, size]``: for each RoI and bin along one axis, the mean over the bin's samples
     of the bilinear weights onto the ``size`` cells of that axis.
 
@@ -101,8 +101,8 @@ class RoIAlign(keras.layers.Layer):
             samples_y, samples_x = ops.ceil(roi_h / out_h), ops.ceil(roi_w / out_w)
             # A RoI may reach one cell past each side and still read the map.
             max_y, max_x = math.ceil((height + 2) / out_h), math.ceil((width + 2) / out_w)
-        weights_y = _axis_weights(y1, roi_h, out_h, samples_y, max_y, height)  # [R, out_h, H]
-        weights_x = _axis_weights(x1, roi_w, out_w, samples_x, max_x, width)  # [R, out_w, W]
+        weights_y = bin_sampling_weights(y1, roi_h, out_h, samples_y, max_y, height)  # [R, out_h, H]
+        weights_x = bin_sampling_weights(x1, roi_w, out_w, samples_x, max_x, width)  # [R, out_w, W]
         weights_y = ops.cast(weights_y, features.dtype)
         weights_x = ops.cast(weights_x, features.dtype)
 
